@@ -1,0 +1,1 @@
+"""Quality evaluation: synthetic round-trip and attention error (real-model perplexity later)."""

@@ -1,0 +1,91 @@
+"""Per-channel parameters a format may take from calibration (per layer and KV head)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .version import FORMAT_VERSION
+
+
+@dataclass(frozen=True)
+class ChannelParams:
+    """Optional calibration for one tensor stream (e.g. the keys of one layer).
+
+    offset: (..., d) subtracted before encoding and added back after decoding (key means are
+        softmax-invariant: q.(k - mu) differs from q.k by a per-query constant).
+    scale: (..., d) positive; channels are divided by it before encoding (fold it into the query).
+    outliers: (..., k) channel indices, k <= d/2, sent to the higher-precision half (TurboQuant only).
+    Leading dims broadcast against the encoded tensor's (..., heads, d), e.g. (heads, d).
+    """
+
+    offset: torch.Tensor | None = None
+    scale: torch.Tensor | None = None
+    outliers: torch.Tensor | None = None
+
+    def validate(self, name: str, head_dim: int) -> None:
+        """Raise ValueError naming the format and the field when a tensor does not fit head_dim."""
+        for field in ("offset", "scale"):
+            t = getattr(self, field)
+            if t is None:
+                continue
+            if t.shape[-1] != head_dim:
+                raise ValueError(f"{name}: {field} has last dim {t.shape[-1]}, expected head_dim {head_dim}")
+            if not torch.isfinite(t).all():
+                raise ValueError(f"{name}: {field} contains NaN or Inf")
+        if self.scale is not None and not (self.scale > 0).all():
+            raise ValueError(f"{name}: scale must be positive")
+        if self.outliers is not None:
+            o = self.outliers
+            if o.dtype not in (torch.int32, torch.int64):
+                raise ValueError(f"{name}: outliers must be an integer tensor, got {o.dtype}")
+            if o.shape[-1] > head_dim // 2:
+                raise ValueError(f"{name}: {o.shape[-1]} outlier channels exceed head_dim/2 = {head_dim // 2}")
+            if o.numel() and (o.min() < 0 or o.max() >= head_dim):
+                raise ValueError(f"{name}: outlier channel index out of range 0..{head_dim - 1}")
+            s = o.sort(dim=-1).values
+            if o.shape[-1] > 1 and (s[..., 1:] == s[..., :-1]).any():
+                raise ValueError(f"{name}: outlier channel indices repeat")
+
+    def to_json(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            **{k: getattr(self, k).tolist() for k in ("offset", "scale", "outliers") if getattr(self, k) is not None},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ChannelParams":
+        if data.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"channel parameters are for format version {data.get('format_version')!r}, "
+                f"this build reads {FORMAT_VERSION}"
+            )
+        return cls(
+            offset=torch.tensor(data["offset"], dtype=torch.float32) if "offset" in data else None,
+            scale=torch.tensor(data["scale"], dtype=torch.float32) if "scale" in data else None,
+            outliers=torch.tensor(data["outliers"], dtype=torch.int64) if "outliers" in data else None,
+        )
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ChannelParams":
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+
+def fit_channel_params(
+    samples: torch.Tensor, *, n_outliers: int = 0, center: bool = False, equalize: bool = False
+) -> ChannelParams:
+    """Calibrate from samples (tokens, ..., d): per-channel mean (`center`), per-channel RMS after
+    centering as the scale (`equalize`), and the `n_outliers` channels of largest RMS."""
+    x = samples.to(torch.float32).reshape(-1, *samples.shape[-(samples.dim() - 1):]) if samples.dim() > 1 else None
+    if x is None:
+        raise ValueError("calibration samples need a token axis and a head_dim axis")
+    mean = x.mean(0)
+    rms = (x - mean if center else x).pow(2).mean(0).sqrt()
+    outliers = rms.topk(n_outliers, dim=-1).indices.sort(-1).values if n_outliers else None
+    scale = rms.clamp_min(rms.mean(-1, keepdim=True) * 1e-3) if equalize else None
+    return ChannelParams(offset=mean if center else None, scale=scale, outliers=outliers)
