@@ -5,18 +5,21 @@ import argparse
 import json
 from dataclasses import asdict
 
-from ..formats import FORMATS, get_format
 from ..formats.cli import formats_table, render_formats_table
-from .synthetic import format_rows, quality_table, throughput
 
 
 def _quality(args: argparse.Namespace) -> int:
+    from .synthetic import format_rows, quality_table
+
     rows = quality_table(head_dim=args.head_dim, n_tokens=args.tokens, seed=args.seed)
     print(json.dumps([asdict(r) for r in rows], indent=2) if args.json else format_rows(rows))
     return 0
 
 
 def _throughput(args: argparse.Namespace) -> int:
+    from ..formats import FORMATS, get_format
+    from .synthetic import throughput
+
     names = args.formats.split(",") if args.formats else list(FORMATS)
     print(f"| format | vectors | head_dim | encode s | decode s | encode+decode Mvec/s |\n|---|---|---|---|---|---|")
     for name in names:
@@ -26,6 +29,8 @@ def _throughput(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from .synthetic import format_rows, quality_table
+
     print("multi-turboquant formats (packed bytes per head vector, K or V):\n")
     print(render_formats_table(formats_table()))
     print("\nQuality on synthetic keys/values (head_dim 128; CPU reference codecs):\n", flush=True)

@@ -5,7 +5,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from .codebooks import dequantize, quantize_scaled
+from .codebooks import SCALE_CANDIDATES, dequantize, quantize_scaled
 from .params import ChannelParams
 from .transforms import tree_sum
 
@@ -129,15 +129,28 @@ class KVFormat(ABC):
 
 
 def scalar_quantize(y: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd-Max codes of y scaled to unit RMS, and the least-squares scale alpha = <y,c>/<c,c>.
+    """Lloyd-Max codes of y at the best of SCALE_CANDIDATES x unit RMS, and the least-squares scale.
 
-    y: (rows, n) float32. Returns codes (rows, n) uint8 and alpha (rows, 1) float32; an all-zero
-    row gets alpha 0, so it decodes to zeros.
+    y: (rows, n) float32. For each candidate scale c, codes = nearest levels of y*sqrt(n/S)/c and
+    alpha = <y,c>/<c,c>; the candidate with the largest <y,c>^2/<c,c> (the smallest residual) wins,
+    the first on ties. Returns codes (rows, n) uint8 and alpha (rows, 1) float32; an all-zero row
+    gets alpha 0, so it decodes to zeros.
     """
-    codes = quantize_scaled(y, tree_sum(y * y), bits)
-    c = dequantize(codes, bits)
-    alpha = tree_sum(y * c) / tree_sum(c * c)
-    return codes, alpha
+    sq = tree_sum(y * y)
+    best_gain = best_codes = best_alpha = None
+    for candidate in range(len(SCALE_CANDIDATES)):
+        codes = quantize_scaled(y, sq, bits, candidate)
+        c = dequantize(codes, bits)
+        num, den = tree_sum(y * c), tree_sum(c * c)
+        gain, alpha = num * num / den, num / den
+        if best_gain is None:
+            best_gain, best_codes, best_alpha = gain, codes, alpha
+            continue
+        better = gain > best_gain
+        best_gain = torch.where(better, gain, best_gain)
+        best_codes = torch.where(better, codes, best_codes)
+        best_alpha = torch.where(better, alpha, best_alpha)
+    return best_codes, best_alpha
 
 
 def bf16_bytes(v: torch.Tensor) -> torch.Tensor:

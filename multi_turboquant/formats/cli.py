@@ -4,13 +4,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from .registry import FORMATS
-
 TABLE_HEAD_DIMS = (64, 128, 256)
 
 
 def formats_table() -> list[dict]:
     """One dict per format: name, family, payload bits, bytes/vector and compression vs bf16."""
+    from .registry import FORMATS
+
     rows = []
     for fmt in FORMATS.values():
         row = {"name": fmt.name, "family": fmt.family, "bits": fmt.bits}

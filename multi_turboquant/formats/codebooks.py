@@ -86,18 +86,30 @@ def count_prefix(pred: Callable[[torch.Tensor], torch.Tensor], n: int, like: tor
     return k
 
 
-def quantize_scaled(y: torch.Tensor, sq: torch.Tensor, bits: int) -> torch.Tensor:
-    """quantize(y * sqrt(n / sq)) without sqrt or division: y|y|n > t|t|sq for each boundary t.
+# Encoder search: the unit-RMS vector is also tried at these relative scales (the one with the
+# smallest least-squares error wins); decoding does not depend on the choice.
+SCALE_CANDIDATES = (0.75, 0.836, 0.931, 1.038, 1.156, 1.289, 1.436, 1.6)
 
-    y: (rows, n); sq: (rows, 1) = sum of y**2. Only IEEE products and comparisons, so every
-    device gives the same codes (CUDA's and the CPU's sqrt or division may differ in the last bit).
-    Thresholds grow with t, so the count is found by binary search.
+
+@lru_cache(maxsize=None)
+def _scaled_thresholds(bits: int) -> torch.Tensor:
+    """(candidates, boundaries) float32: t*|t|*c*c in float64 (t the float32 boundary), rounded once."""
+    t = boundaries(bits).to(torch.float64)
+    c = torch.tensor(SCALE_CANDIDATES, dtype=torch.float64)[:, None]
+    return (t * t.abs() * c * c).to(torch.float32)
+
+
+def quantize_scaled(y: torch.Tensor, sq: torch.Tensor, bits: int, candidate: int) -> torch.Tensor:
+    """quantize(y * sqrt(n / sq) / c) without sqrt or division: count t with y|y|n > (t|t|c^2) sq.
+
+    y: (rows, n); sq: (rows, 1) = sum of y**2; c = SCALE_CANDIDATES[candidate]. Only IEEE products
+    and comparisons, so every device gives the same codes (CUDA's sqrt differs from the CPU's in
+    the last bit for ~0.6% of inputs). Thresholds grow with t, so the count is a binary search.
     """
     n = y.shape[-1]
-    b = boundaries(bits, y.device)
-    signed_sq = b * b.abs()
+    thresholds = _scaled_thresholds(bits)[candidate].to(y.device)
     lhs = y * y.abs() * torch.tensor(float(n), dtype=torch.float32, device=y.device)
-    codes = count_prefix(lambda j: lhs > signed_sq[j] * sq, b.numel(), lhs)
+    codes = count_prefix(lambda j: lhs > thresholds[j] * sq, thresholds.numel(), lhs)
     return codes.to(torch.uint8)
 
 
