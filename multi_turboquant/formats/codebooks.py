@@ -104,13 +104,13 @@ def quantize_scaled(y: torch.Tensor, sq: torch.Tensor, bits: int, candidate: int
 
     y: (rows, n); sq: (rows, 1) = sum of y**2; c = SCALE_CANDIDATES[candidate]. Only IEEE products
     and comparisons, so every device gives the same codes (CUDA's sqrt differs from the CPU's in
-    the last bit for ~0.6% of inputs). Thresholds grow with t, so the count is a binary search.
+    the last bit for ~0.6% of inputs). The per-row thresholds are sorted, so a binary search
+    (searchsorted: the count of thresholds strictly below) finds each code.
     """
     n = y.shape[-1]
     thresholds = _scaled_thresholds(bits)[candidate].to(y.device)
     lhs = y * y.abs() * torch.tensor(float(n), dtype=torch.float32, device=y.device)
-    codes = count_prefix(lambda j: lhs > thresholds[j] * sq, thresholds.numel(), lhs)
-    return codes.to(torch.uint8)
+    return torch.searchsorted(thresholds * sq, lhs).to(torch.uint8)
 
 
 def dequantize(codes: torch.Tensor, bits: int) -> torch.Tensor:

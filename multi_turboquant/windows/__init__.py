@@ -1,0 +1,1 @@
+"""Windows build kit for vLLM: hazard scanner, patch series and tooling."""
