@@ -11,7 +11,7 @@ from ..formats.cli import formats_table, render_formats_table
 def _quality(args: argparse.Namespace) -> int:
     from .synthetic import format_rows, quality_table
 
-    rows = quality_table(head_dim=args.head_dim, n_tokens=args.tokens, seed=args.seed)
+    rows = quality_table(head_dim=args.head_dim, n_tokens=args.tokens, n_queries=args.queries, seed=args.seed)
     print(json.dumps([asdict(r) for r in rows], indent=2) if args.json else format_rows(rows))
     return 0
 
@@ -44,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = bsub.add_parser("quality", help="round-trip and attention error on synthetic data vs int4/fp8")
     q.add_argument("--head-dim", type=int, default=128)
     q.add_argument("--tokens", type=int, default=4096)
+    q.add_argument("--queries", type=int, default=256)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_quality)

@@ -47,7 +47,7 @@ def _metrics(k: torch.Tensor, v: torch.Tensor, kh: torch.Tensor, vh: torch.Tenso
     return cos, mse, ((out - ref).norm() / ref.norm()).item()
 
 
-def quality_table(head_dim: int = 128, n_tokens: int = 4096, n_queries: int = 64, seed: int = 0,
+def quality_table(head_dim: int = 128, n_tokens: int = 4096, n_queries: int = 256, seed: int = 0,
                   calibrated: bool = True) -> list[Row]:
     """Keys from each data kind, values N(0, 1), queries N(0, 9) with scores scaled to unit key norm.
 
