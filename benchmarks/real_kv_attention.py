@@ -90,7 +90,7 @@ def main() -> int:
             out[:, 0] = x[:, 0]
         return out
 
-    print(f"| format | bits/coord | K calibration | K only | V only | K and V | K and V, first token exact |")
+    print("| format | bits/coord | K calibration | K only | V only | K and V | K and V, first token exact |")
     print("|---|---|---|---|---|---|---|")
     for name, fmt in mtq.FORMATS.items():
         kinds = ["plain", "center", "center+outliers32" if fmt.family == "turboquant" else "center+scale"]

@@ -21,7 +21,7 @@ def _throughput(args: argparse.Namespace) -> int:
     from .synthetic import throughput
 
     names = args.formats.split(",") if args.formats else list(FORMATS)
-    print(f"| format | vectors | head_dim | encode s | decode s | encode+decode Mvec/s |\n|---|---|---|---|---|---|")
+    print("| format | vectors | head_dim | encode s | decode s | encode+decode Mvec/s |\n|---|---|---|---|---|---|")
     for name in names:
         enc, dec = throughput(get_format(name), args.vectors, args.head_dim)
         print(f"| {name} | {args.vectors} | {args.head_dim} | {enc:.2f} | {dec:.2f} | {args.vectors / (enc + dec) / 1e6:.3f} |")

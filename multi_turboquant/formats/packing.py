@@ -47,7 +47,6 @@ def unpack(data: torch.Tensor, n: int, bits: int) -> torch.Tensor:
     offset = 0
     shift = 0
     for w in plane_widths(bits):
-        per_byte = 8 // w
         nbytes = n * w // 8
         plane = data[..., offset:offset + nbytes].to(torch.int32)
         shifts = torch.arange(0, 8, w, dtype=torch.int32, device=data.device)
