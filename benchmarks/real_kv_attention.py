@@ -20,7 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import multi_turboquant as mtq  # noqa: E402
 from multi_turboquant.eval.baselines import BASELINES  # noqa: E402
 from multi_turboquant.formats.params import fit_channel_params  # noqa: E402
-from multi_turboquant.formats.turboquant import default_outlier_order  # noqa: E402
+from multi_turboquant.formats.base import scalar_quantize  # noqa: E402
+from multi_turboquant.formats.codebooks import dequantize  # noqa: E402
+from multi_turboquant.formats.turboquant import channel_permutation, default_outlier_order  # noqa: E402
 
 Capture = dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # layer -> q, k, v as (heads, T, d)
 
@@ -58,6 +60,29 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     t = q.shape[1]
     s = s.masked_fill(torch.triu(torch.ones(t, t, dtype=torch.bool), 1), -torch.inf)
     return torch.softmax(s, -1) @ v
+
+
+def mse_only_turboquant(fmt, x: torch.Tensor, params) -> torch.Tensor:
+    """TurboQuant's bits spent on the MSE stage alone (outlier/regular halves at m+2/m+1 bits, no QJL).
+
+    The ablation of the format's 1-bit QJL residual: same rotations, split and calibration, same payload
+    bits. x: (T, heads, d) keys; params as for the format.
+    """
+    d = x.shape[-1]
+    h = d // 2
+    rot_o, rot_n, _ = fmt.transforms(d)
+    canon = x if params is None or params.offset is None else x - params.offset
+    out = torch.empty_like(x)
+    for head in range(x.shape[1]):
+        outliers = None if params is None or params.outliers is None else params.outliers[head].tolist()
+        perm = channel_permutation(d, outliers)
+        xp = canon[:, head, perm]
+        parts = []
+        for rot, half, bits in ((rot_o, xp[:, :h], fmt.mse_bits + 2), (rot_n, xp[:, h:], fmt.mse_bits + 1)):
+            codes, alpha = scalar_quantize(rot.forward(half), bits)
+            parts.append(rot.inverse(alpha * dequantize(codes, bits)))
+        out[:, head, perm] = torch.cat(parts, -1)
+    return out if params is None or params.offset is None else out + params.offset
 
 
 def main() -> int:
@@ -108,6 +133,15 @@ def main() -> int:
         v_only = err(lambda l: (ev[l][1], b.roundtrip(ev[l][2])))
         both = err(lambda l: (b.roundtrip(ev[l][1]), b.roundtrip(ev[l][2])))
         print(f"| {b.name} | {b.bits_per_coordinate(d):.3f} | - | {k_only:.4f} | {v_only:.4f} | {both:.4f} | |")
+    print("\nTurboQuant's 1-bit QJL residual against spending that bit on the MSE stage (K only, same bits):\n")
+    print("| format | K calibration | with QJL (the format) | MSE only, same bits |\n|---|---|---|---|")
+    for name in ("turboquant25", "turboquant35"):
+        fmt = mtq.get_format(name)
+        for kind in ("plain", "center+outliers32"):
+            with_qjl = err(lambda l: (roundtrip(fmt, ev[l][1], params(l, kind), False), ev[l][2]))
+            mse = err(lambda l: (mse_only_turboquant(fmt, ev[l][1].transpose(0, 1), params(l, kind)).transpose(0, 1),
+                                 ev[l][2]))
+            print(f"| {name} | {kind} | {with_qjl:.4f} | {mse:.4f} |", flush=True)
     return 0
 
 
