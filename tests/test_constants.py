@@ -125,3 +125,17 @@ def test_bf16_sqrt_is_correctly_rounded():
     err = (got - root).abs()
     assert (err <= step / 2 + 1e-12 * root).all()
     assert got[-1].item() == 21.375  # a case where float32 rounding first would tie and go down
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+def test_exact_quantizer_matches_the_readable_one(bits):
+    """quantize_scaled (no sqrt/division) = nearest level of y*sqrt(n/S)/c, away from float ties."""
+    y = torch.randn(500, 64, generator=torch.Generator().manual_seed(bits))
+    sq = transforms.tree_sum(y * y)
+    for candidate, c in enumerate(codebooks.SCALE_CANDIDATES):
+        u = (y.double() * torch.sqrt(64 / sq.double()) / c).float()
+        exact = codebooks.quantize_scaled(y, sq, bits, candidate)
+        readable = codebooks.quantize(u, bits)
+        near_tie = (u.unsqueeze(-1) - codebooks.boundaries(bits)).abs().amin(-1) < 1e-5
+        assert torch.equal(exact[~near_tie], readable[~near_tie])
+        assert near_tie.float().mean() < 1e-3
