@@ -125,7 +125,7 @@ class TurboQuant(KVFormat):
         # Least-squares scale of the sign vector (the sketch is orthonormal): mean |w|, as a product
         # with float32(1/d) -- CUDA turns division by a host scalar into that product, the CPU does not.
         beta = tree_sum(w.abs()) * torch.tensor(1.0 / d, dtype=torch.float32, device=x.device)
-        beta_lv, beta_mid = (t.to(x.device) for t in _beta_tables())
+        beta_mid = _beta_tables()[1].to(x.device)
         beta_code = torch.where(beta > 0, 1 + count_prefix(lambda j: beta > rho * beta_mid[j], 254, beta), 0)
 
         meta = torch.cat((bf16_bytes(rho), theta.to(torch.uint8), beta_code.to(torch.uint8)), dim=-1)
@@ -142,7 +142,7 @@ class TurboQuant(KVFormat):
         meta = packed[:, -4:]
         rho = bf16_from_bytes(meta[:, :2])
         theta, beta_code = meta[:, 2:3].long(), meta[:, 3:4].long()
-        cos_lv, sin_lv, _, _ = (t.to(packed.device) for t in _angle_tables())
+        cos_lv, sin_lv = (t.to(packed.device) for t in _angle_tables()[:2])
         beta = rho * _beta_tables()[0].to(packed.device)[beta_code]
         y = torch.cat((rho * cos_lv[theta] * dequantize(codes_o, self.mse_bits + 1),
                        rho * sin_lv[theta] * dequantize(codes_n, self.mse_bits)), dim=-1)
