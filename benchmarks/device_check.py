@@ -21,6 +21,16 @@ from multi_turboquant.formats.params import fit_channel_params  # noqa: E402
 HEAD_DIMS = (64, 96, 128, 256)
 
 
+def extreme_data(n: int, d: int, g: torch.Generator) -> torch.Tensor:
+    """Rows at magnitudes whose squares leave float32 (1e-30 .. 1e37), and rows with one element
+    near float32's maximum over N(0, 1) (the rest become subnormal after normalization)."""
+    x = torch.randn(n, d, generator=g)
+    scales = torch.tensor([2.0**-100, 1e-30, 1e20, 1e37])
+    x = x * scales[torch.arange(n) % 4].unsqueeze(-1)
+    x[::5, 0] = 3e38
+    return x
+
+
 def test_vector_mismatches(device: str) -> int:
     """Vectors in tests/vectors whose bytes differ when encoded on `device`."""
     import struct
@@ -52,9 +62,12 @@ def main() -> int:
     results = []
     for name, fmt in mtq.FORMATS.items():
         for d in HEAD_DIMS:
-            for kind in ("gaussian", "outliers"):
+            for kind in ("gaussian", "outliers", "extreme"):
                 for dtype in (torch.float32, torch.bfloat16, torch.float16):
-                    x = make_data(kind, args.rows, d, g).to(dtype)
+                    x = extreme_data(args.rows, d, g) if kind == "extreme" else make_data(kind, args.rows, d, g)
+                    if kind == "extreme" and dtype != torch.float32:
+                        continue  # float32-only magnitudes
+                    x = x.to(dtype)
                     params = None
                     if kind == "outliers":
                         extra = {"n_outliers": 4} if fmt.family == "turboquant" else {"equalize": True}

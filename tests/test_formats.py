@@ -1,6 +1,8 @@
 """Reference codecs: sizes, round-trip error, edge cases and every error path."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -257,3 +259,47 @@ def test_seed_modules():
         assert torch.equal(mod.decode(mod.encode(x), 128), mtq.get_format(default).decode(mod.encode(x), 128))
     assert torch.equal(iso_quant.encode(x, bits=4), mtq.get_format("isoquant4").encode(x))
     assert torch.equal(turbo_quant.encode(x, bits=25), mtq.get_format("turboquant25").encode(x))
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("scale", [2.0**-100, 1e-30, 1e20, 2.0**100, 1e37])
+def test_extreme_magnitudes(name, scale):
+    """Squares of such inputs under/overflow float32; the encoder normalizes by a power of two first."""
+    fmt = mtq.get_format(name)
+    x = torch.randn(200, 64, generator=torch.Generator().manual_seed(5))
+    unit, big = fmt.encode(x), fmt.encode(x * scale)
+    meta = 4 if fmt.family == "turboquant" else 2
+    if math.frexp(scale)[0] == 0.5:  # x * 2**k is exact: the same codes at any magnitude
+        assert torch.equal(unit[:, :-meta], big[:, :-meta])
+    out = fmt.decode(big, 64)
+    assert torch.isfinite(out).all()
+    ref = x.double() * scale
+    err = (((out.double() - ref) ** 2).sum() / (ref**2).sum()).item()
+    assert err == pytest.approx(rel_mse(fmt.decode(unit, 64), x), rel=0.05)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_decode_stays_finite_in_the_output_dtype(name):
+    fmt = mtq.get_format(name)
+    x = torch.full((4, 64), 65504.0, dtype=torch.float16)
+    x[:, ::2] = -65504.0
+    out = fmt.decode(fmt.encode(x), 64, dtype=torch.float16)
+    assert torch.isfinite(out).all()
+    assert rel_mse(out, x) < 0.1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_values_near_float32_max(name):
+    """Elements near float32's maximum: no overflow inside encode or decode; the error is the one the
+    same vectors get at an ordinary magnitude (2**-100 times smaller, an exact scaling)."""
+    fmt = mtq.get_format(name)
+    x = torch.randn(50, 64, generator=torch.Generator().manual_seed(9)).double()
+    x[:, 0] = 1e38
+    x[::2] = 1e38  # whole rows near the maximum too (a reconstruction above it would be clamped)
+    small = (x * 2.0**-100).float()
+    out = fmt.decode(fmt.encode(x.float()), 64).double()
+    assert torch.isfinite(out).all()
+    err = ((out - x) ** 2).sum(-1) / (x**2).sum(-1)
+    out_small = fmt.decode(fmt.encode(small), 64).double()
+    err_small = ((out_small - small.double()) ** 2).sum(-1) / (small.double() ** 2).sum(-1)
+    assert torch.allclose(err, err_small, rtol=1e-3, atol=1e-6)

@@ -91,7 +91,9 @@ class KVFormat(ABC):
         out = torch.empty(rows.shape[0], head_dim, dtype=torch.float32, device=packed.device)
         for start in range(0, rows.shape[0], CHUNK_ROWS):
             out[start:start + CHUNK_ROWS] = self._decode_rows(rows[start:start + CHUNK_ROWS], head_dim)
-        return self.from_canonical(out.reshape(*lead, head_dim), params, head_dim).to(dtype)
+        out = self.from_canonical(out.reshape(*lead, head_dim), params, head_dim)
+        limit = torch.finfo(dtype).max  # a reconstruction may overshoot the input's largest value
+        return out.clamp(-limit, limit).to(dtype)
 
     # -- calibration hooks -----------------------------------------------------------------------
     def _check_params(self, params: ChannelParams | None, head_dim: int) -> ChannelParams:
@@ -153,9 +155,32 @@ def scalar_quantize(y: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Ten
     return best_codes, best_alpha
 
 
+def _exp2_int(k: torch.Tensor) -> torch.Tensor:
+    """2.0**k as float32 for int32 k in [-126, 127], built from its bits (exact on every device)."""
+    return ((k + 127) << 23).to(torch.int32).view(torch.float32)
+
+
+def scale_by_power_of_two(x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """x * 2**e for int32 e (rows, 1) in [-300, 300], as two exact multiplications by powers of two."""
+    half = torch.div(e, 2, rounding_mode="floor")
+    return x * _exp2_int(half) * _exp2_int(e - half)
+
+
+def power_of_two_normalize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x * 2**-e per row, e the frexp exponent of max |x| (so max |x| lands in [0.5, 1)), and e.
+
+    The codecs are scale-equivariant, so encoding the normalized rows gives the same codes, and the
+    stored scales times 2**e the same bytes, while squares neither overflow (|x| > 1e18) nor
+    underflow (|x| < 1e-19, subnormal inputs) in float32.
+    """
+    e = torch.frexp(x.abs().amax(-1, keepdim=True)).exponent.to(torch.int32)
+    return scale_by_power_of_two(x, -e), e
+
+
 def bf16_bytes(v: torch.Tensor) -> torch.Tensor:
-    """(rows, 1) float32 -> (rows, 2) uint8: bfloat16, round to nearest even, little-endian."""
-    return v.to(torch.bfloat16).contiguous().view(torch.uint8)
+    """(rows, 1) float32 >= 0 -> (rows, 2) uint8: bfloat16, round to nearest even (at most bfloat16's
+    largest finite value, never inf), little-endian."""
+    return v.clamp(max=torch.finfo(torch.bfloat16).max).to(torch.bfloat16).contiguous().view(torch.uint8)
 
 
 def bf16_sqrt(s: torch.Tensor) -> torch.Tensor:

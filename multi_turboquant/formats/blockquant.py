@@ -9,7 +9,9 @@ from functools import lru_cache
 
 import torch
 
-from .base import KVFormat, bf16_bytes, bf16_from_bytes, scalar_quantize
+from .base import (
+    KVFormat, bf16_bytes, bf16_from_bytes, power_of_two_normalize, scalar_quantize, scale_by_power_of_two,
+)
 from .codebooks import dequantize
 from .packing import pack, packed_bytes, unpack
 from .params import ChannelParams
@@ -36,13 +38,14 @@ class BlockRotationFormat(KVFormat):
         return packed_bytes(head_dim, self.bits) + 2
 
     def _encode_rows(self, x: torch.Tensor) -> torch.Tensor:
+        x, exponent = power_of_two_normalize(x)
         codes, alpha = scalar_quantize(self.rotation(x.shape[-1]).forward(x), self.bits)
-        return torch.cat((pack(codes, self.bits), bf16_bytes(alpha)), dim=-1)
+        return torch.cat((pack(codes, self.bits), bf16_bytes(scale_by_power_of_two(alpha, exponent))), dim=-1)
 
     def _decode_rows(self, packed: torch.Tensor, head_dim: int) -> torch.Tensor:
         codes = unpack(packed[:, :-2], head_dim, self.bits)
-        y = bf16_from_bytes(packed[:, -2:]) * dequantize(codes, self.bits)
-        return self.rotation(head_dim).inverse(y)
+        # rotate at unit scale, then scale: no intermediate overflow near float32's largest values
+        return self.rotation(head_dim).inverse(dequantize(codes, self.bits)) * bf16_from_bytes(packed[:, -2:])
 
 
 class IsoQuant(BlockRotationFormat):

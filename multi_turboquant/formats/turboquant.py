@@ -13,7 +13,9 @@ from functools import lru_cache
 import torch
 
 from . import prng
-from .base import KVFormat, bf16_bytes, bf16_from_bytes, bf16_sqrt, scalar_quantize
+from .base import (
+    KVFormat, bf16_bytes, bf16_from_bytes, bf16_sqrt, power_of_two_normalize, scalar_quantize, scale_by_power_of_two,
+)
 from .codebooks import count_prefix, dequantize
 from .packing import pack, packed_bytes, unpack
 from .params import ChannelParams
@@ -108,6 +110,7 @@ class TurboQuant(KVFormat):
     def _encode_rows(self, x: torch.Tensor) -> torch.Tensor:
         d = x.shape[-1]
         h = d // 2
+        x, exponent = power_of_two_normalize(x)
         rot_o, rot_n, sketch = self.transforms(d)
         y_o, y_n = rot_o.forward(x[:, :h]), rot_n.forward(x[:, h:])
         codes_o, a_o = scalar_quantize(y_o, self.mse_bits + 1)
@@ -128,7 +131,7 @@ class TurboQuant(KVFormat):
         beta_mid = _beta_tables()[1].to(x.device)
         beta_code = torch.where(beta > 0, 1 + count_prefix(lambda j: beta > rho * beta_mid[j], 254, beta), 0)
 
-        meta = torch.cat((bf16_bytes(rho), theta.to(torch.uint8), beta_code.to(torch.uint8)), dim=-1)
+        meta = torch.cat((bf16_bytes(scale_by_power_of_two(rho, exponent)), theta.to(torch.uint8), beta_code.to(torch.uint8)), dim=-1)
         signs = (w >= 0).to(torch.uint8)
         return torch.cat((pack(codes_o, self.mse_bits + 1), pack(codes_n, self.mse_bits), pack(signs, 1), meta), -1)
 
@@ -143,11 +146,12 @@ class TurboQuant(KVFormat):
         rho = bf16_from_bytes(meta[:, :2])
         theta, beta_code = meta[:, 2:3].long(), meta[:, 3:4].long()
         cos_lv, sin_lv = (t.to(packed.device) for t in _angle_tables()[:2])
-        beta = rho * _beta_tables()[0].to(packed.device)[beta_code]
-        y = torch.cat((rho * cos_lv[theta] * dequantize(codes_o, self.mse_bits + 1),
-                       rho * sin_lv[theta] * dequantize(codes_n, self.mse_bits)), dim=-1)
-        y = y + beta * sketch.inverse(signs.to(torch.float32) * 2 - 1)
-        return torch.cat((rot_o.inverse(y[:, :h]), rot_n.inverse(y[:, h:])), dim=-1)
+        beta_rel = _beta_tables()[0].to(packed.device)[beta_code]
+        # everything relative to rho, scaled at the end: no intermediate overflow near float32's maximum
+        y = torch.cat((cos_lv[theta] * dequantize(codes_o, self.mse_bits + 1),
+                       sin_lv[theta] * dequantize(codes_n, self.mse_bits)), dim=-1)
+        y = y + beta_rel * sketch.inverse(signs.to(torch.float32) * 2 - 1)
+        return torch.cat((rot_o.inverse(y[:, :h]), rot_n.inverse(y[:, h:])), dim=-1) * rho
 
 
 @lru_cache(maxsize=None)
