@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from .errors import SafetensorsError
 
@@ -19,6 +19,12 @@ class Checkpoint:
     weight_map: dict[str, Path] = field(default_factory=dict)
 
 
+def _escapes(fname: str) -> bool:
+    """Whether an index's file name is absolute or climbs out of the index's folder (on any OS)."""
+    posix, windows = PurePosixPath(fname), PureWindowsPath(fname)
+    return bool(posix.anchor or windows.anchor or ".." in posix.parts or ".." in windows.parts)
+
+
 def _from_index(index: Path) -> Checkpoint:
     try:
         obj = json.loads(index.read_text(encoding="utf-8"))
@@ -27,6 +33,9 @@ def _from_index(index: Path) -> Checkpoint:
     weight_map = obj.get("weight_map") if isinstance(obj, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise SafetensorsError(f"{index}: index needs a \"weight_map\" object of tensor name -> file name")
+    outside = sorted({f for f in weight_map.values() if _escapes(f)})
+    if outside:
+        raise SafetensorsError(f"{index}: index names files outside its folder: {', '.join(outside)}")
     resolved = {name: index.parent / fname for name, fname in weight_map.items()}
     files = tuple(sorted(set(resolved.values())))
     missing = [str(f) for f in files if not f.is_file()]

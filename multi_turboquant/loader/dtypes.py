@@ -38,6 +38,6 @@ def torch_dtype(name: object, where: str) -> torch.dtype:
     """The torch dtype for a safetensors dtype string; `where` names the file and tensor for the error."""
     if isinstance(name, str) and name in DTYPES:
         return DTYPES[name]
-    if name in SUB_BYTE:
+    if isinstance(name, str) and name in SUB_BYTE:  # a JSON list or object here is unhashable
         raise SafetensorsError(f"{where}: sub-byte dtype {name} is not supported (torch has no per-element {name} type)")
     raise SafetensorsError(f"{where}: unknown dtype {name!r}; supported: {', '.join(DTYPES)}")

@@ -115,7 +115,8 @@ def parse_header(path: Path, raw: bytes, file_size: int) -> Header:
         raise SafetensorsError(f"{path}: header is not valid UTF-8 JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise SafetensorsError(f"{path}: header must be a JSON object, got {type(obj).__name__}")
-    metadata = obj.pop(METADATA_KEY, None) or {}
+    metadata = obj.pop(METADATA_KEY, None)
+    metadata = {} if metadata is None else metadata  # null is allowed; [], "" or 0 are not maps
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise SafetensorsError(f"{path}: {METADATA_KEY} must map strings to strings")
     tensors = sorted(

@@ -35,10 +35,15 @@ class SafetensorsFile:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.header: Header = read_header(path)
         self.path: Path = self.header.path
-        with open(self.path, "rb") as f:
-            if os.fstat(f.fileno()).st_size != self.header.file_size:
-                raise SafetensorsError(f"{self.path}: file changed size while being opened")
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            with open(self.path, "rb") as f:
+                if os.fstat(f.fileno()).st_size != self.header.file_size:
+                    raise SafetensorsError(f"{self.path}: file changed size while being opened")
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except SafetensorsError:
+            raise
+        except (OSError, ValueError) as exc:  # gone since its header was read, or a file system that cannot map
+            raise SafetensorsError(f"cannot map safetensors file {self.path}: {exc}") from exc
 
     @property
     def tensors(self) -> tuple[TensorInfo, ...]:

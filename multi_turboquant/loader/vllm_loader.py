@@ -42,12 +42,17 @@ class MtqMmapModelLoader(DefaultModelLoader):
         extra = dict(load_config.model_loader_extra_config or {})
         ours = {key: extra.pop(key) for key in OPTIONS if key in extra}
         for key, value in ours.items():
-            if not isinstance(value, OPTIONS[key]) or (isinstance(value, int) and value < 1):
+            bad_int = isinstance(value, bool) or (isinstance(value, int) and value < 1)  # True is an int too
+            if not isinstance(value, OPTIONS[key]) or bad_int:
                 raise ValueError(f"{LOAD_FORMAT}: {key} must be a positive {OPTIONS[key].__name__}, got {value!r}")
+        try:
+            device = torch.device(ours["device"]) if "device" in ours else None
+        except RuntimeError as exc:
+            raise ValueError(f"{LOAD_FORMAT}: device {ours['device']!r} is not a torch device: {exc}") from None
         super().__init__(dataclasses.replace(load_config, load_format="safetensors", model_loader_extra_config=extra))
         self.chunk_bytes: int = ours.get("chunk_mib", DEFAULT_CHUNK_BYTES >> 20) << 20
         self.num_buffers: int = ours.get("num_buffers", 2)
-        self.device: torch.device | None = torch.device(ours["device"]) if "device" in ours else None
+        self.device: torch.device | None = device
 
     def load_model(self, vllm_config: VllmConfig, model_config: ModelConfig, prefix: str = "") -> nn.Module:
         if self.device is None:

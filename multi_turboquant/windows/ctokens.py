@@ -85,6 +85,16 @@ def line_starts(text: str) -> list[int]:
     return [0] + [m.end() for m in re.finditer(r"\n", text)]
 
 
+def without_comments(text: str) -> str:
+    """``text`` with each comment blanked to spaces (newlines kept, so offsets and lines stay)."""
+
+    def blank(match: re.Match[str]) -> str:
+        word = match.group()
+        return re.sub(r"[^\n]", " ", word) if match.lastgroup in ("line_comment", "block_comment") else word
+
+    return _TOKEN_RE.sub(blank, text)
+
+
 class _CondEval:
     """Three-valued evaluator of ``#if`` expressions: True, False or None (unknown)."""
 
@@ -171,7 +181,7 @@ class _Branch:
 
 def _open_branch(stack: list[_Branch], value: bool | None) -> None:
     parent = stack[-1].active if stack else True
-    stack.append(_Branch(parent, value if value is not False else False, parent and value is not False))
+    stack.append(_Branch(parent, value, parent and value is not False))
 
 
 def _next_branch(stack: list[_Branch], value: bool | None) -> None:
@@ -217,9 +227,7 @@ def tokenize(text: str) -> TokenizedSource:
         directive = None
 
     for match in _TOKEN_RE.finditer(text):
-        kind = match.lastgroup
-        if kind == "delim":
-            kind = "raw"
+        kind = match.lastgroup  # the outermost group: "raw", never its inner "delim"
         if kind == "nl":
             if directive is not None:
                 finish_directive()

@@ -192,16 +192,21 @@ def find_cuda_toolkits(environ: Mapping[str, str], dirs: Iterable[str]) -> list[
     return sorted(found.values(), key=lambda tk: parse_version(tk.version) or (0, 0))
 
 
+def _getenv(environ: Mapping[str, str], name: str) -> str | None:
+    """environ[name], ignoring case as Windows does (a copy of os.environ there has upper-case keys)."""
+    return next((value for key, value in environ.items() if key.upper() == name.upper()), None)
+
+
 def _toolkit_dirs(windows: bool, environ: Mapping[str, str]) -> list[str]:
     if windows:
-        program_files = environ.get("ProgramFiles", r"C:\Program Files")
-        return glob.glob(os.path.join(program_files, "NVIDIA GPU Computing Toolkit", "CUDA", "v*"))
+        program_files = _getenv(environ, "ProgramFiles") or r"C:\Program Files"
+        return glob.glob(os.path.join(glob.escape(program_files), "NVIDIA GPU Computing Toolkit", "CUDA", "v*"))
     return glob.glob("/usr/local/cuda-*") + glob.glob("/opt/cuda-*")
 
 
 def _vs_roots(environ: Mapping[str, str]) -> list[str]:
-    names = ("ProgramFiles", "ProgramFiles(x86)")
-    return [os.path.join(environ[name], "Microsoft Visual Studio") for name in names if name in environ]
+    found = (_getenv(environ, name) for name in ("ProgramFiles", "ProgramFiles(x86)"))
+    return [os.path.join(root, "Microsoft Visual Studio") for root in found if root]
 
 
 def find_msbuild_cuda_props(vs_roots: Iterable[str]) -> list[CudaInstall]:
@@ -484,7 +489,7 @@ class _Doctor:
         if given is None:
             self.set_env("MAX_JOBS", str(suggested))
             self.add("MAX_JOBS", WARN if memory is None else OK, f"{suggested} ({basis})")
-        elif not given.isdigit() or int(given) < 1:
+        elif not given.isdecimal() or int(given) < 1:  # isdigit() also passes "²", which int() refuses
             self.add("MAX_JOBS", ERROR, f"the environment's MAX_JOBS={given!r} is not a positive number")
         else:
             self.set_env("MAX_JOBS", given)
@@ -502,7 +507,7 @@ class _Doctor:
             return
         self.set_env(name, value)
         if given and given != value:
-            self.add(name, WARN, f"{value} (the tree's version; the environment's {given} is overridden)")
+            self.add(name, WARN, f"{value} (from --version or the tree; the environment's {given} is overridden)")
         else:
             self.add(name, OK, value)
 

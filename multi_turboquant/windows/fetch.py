@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import os
+import posixpath
 import re
 import shutil
 import subprocess
@@ -23,7 +24,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from html.parser import HTMLParser
-from http.client import HTTPResponse
+from http.client import HTTPException, HTTPResponse
 from pathlib import Path
 from urllib.parse import unquote, urldefrag, urljoin, urlsplit, urlunsplit
 
@@ -119,7 +120,7 @@ def _open(url: str, accept: str = "*/*") -> HTTPResponse:
         return urllib.request.urlopen(urllib.request.Request(plain, headers=headers), timeout=60)
     except urllib.error.HTTPError as exc:
         raise KitError(f"{plain}: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, HTTPException) as exc:  # HTTPException: e.g. a bad status line
         raise KitError(f"cannot reach {plain}: {getattr(exc, 'reason', exc)}") from None
 
 
@@ -129,7 +130,12 @@ def find_sdist(version: str, index: str) -> Sdist:
     with _open(page, accept=f"{JSON_SIMPLE}, text/html;q=0.1") as response:
         # Relative file URLs resolve against the final (redirected) path, keeping page's credentials.
         base = urljoin(page, urlsplit(response.geturl()).path)
-        files = _project_files(base, response.headers.get("Content-Type", ""), response.read())
+        try:
+            files = _project_files(base, response.headers.get("Content-Type", ""), response.read())
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSON that is not a PEP 691 page
+            raise KitError(f"{_without_credentials(page)[0]} is not a valid simple-API project page: {exc!r}") from None
+        except (OSError, HTTPException) as exc:
+            raise KitError(f"cannot read {_without_credentials(page)[0]}: {exc}") from None
     filename = f"{PROJECT}-{version}.tar.gz"
     if filename not in files:
         known = sorted(
@@ -161,15 +167,18 @@ def download(sdist: Sdist, cache: Path) -> Path:
         return target
     cache.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    with tempfile.NamedTemporaryFile(dir=cache, prefix=f".{sdist.filename}.", delete=False) as part:
-        try:
-            with _open(sdist.url) as response:
-                while chunk := response.read(CHUNK):
-                    digest.update(chunk)
-                    part.write(chunk)
-        except BaseException:
-            os.unlink(part.name)
-            raise
+    part = tempfile.NamedTemporaryFile(dir=cache, prefix=f".{sdist.filename}.", delete=False)
+    try:
+        with part, _open(sdist.url) as response:
+            while chunk := response.read(CHUNK):
+                digest.update(chunk)
+                part.write(chunk)
+    except (OSError, HTTPException) as exc:  # the connection broke or timed out mid-download
+        os.unlink(part.name)  # closed by now: Windows cannot delete an open file
+        raise KitError(f"download of {_without_credentials(sdist.url)[0]} failed: {exc}") from None
+    except BaseException:
+        os.unlink(part.name)
+        raise
     if digest.hexdigest() != sdist.sha256:
         os.unlink(part.name)
         url = _without_credentials(sdist.url)[0]
@@ -185,6 +194,12 @@ def _safe_members(tar: tarfile.TarFile, root: str) -> list[tarfile.TarInfo]:
         parts = member.name.replace("\\", "/").split("/")
         if parts[0] != root or ".." in parts or member.name.startswith(("/", "\\")) or ":" in member.name:
             raise KitError(f"unsafe archive: member {member.name!r} is outside {root}/")
+        if member.issym():
+            # The extraction filter only keeps links inside the staging folder, one level above root/.
+            link = member.linkname.replace("\\", "/")  # Windows reads either separator
+            target = posixpath.normpath(posixpath.join("/".join(parts[:-1]), link))
+            if target.split("/")[0] != root or link.startswith("/") or ":" in link:
+                raise tarfile.LinkOutsideDestinationError(member, target)  # reported like the filter's refusals
     return members
 
 

@@ -220,7 +220,10 @@ def detect_version(tree: Path) -> str | None:
         if match:
             return match[1].split("+")[0]
     if (tree / ".git").exists():
-        tags = git(tree, "tag", "--points-at", "HEAD", check=False).stdout.split()
+        try:
+            tags = git(tree, "tag", "--points-at", "HEAD", check=False).stdout.split()
+        except KitError:  # git is missing: the version is unknown (the doctor says so and goes on)
+            tags = []
         versions = [tag[1:] for tag in tags if re.fullmatch(r"v\d+(\.\d+)+", tag)]
         if versions:
             return versions[0]

@@ -16,11 +16,11 @@ import re
 import sys
 import tokenize
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from multi_turboquant.windows.ctokens import Token, TokenizedSource, line_starts
+from multi_turboquant.windows.ctokens import Token, TokenizedSource, line_starts, without_comments
 from multi_turboquant.windows.ctokens import tokenize as ctokenize
 
 C_SUFFIXES = frozenset({".c", ".cc", ".cpp", ".cxx", ".h", ".hh", ".hpp", ".hxx", ".inl", ".cu", ".cuh"})
@@ -256,6 +256,27 @@ def _matching(tokens: Sequence[Token], i: int, open_: str, close: str) -> int:
     return len(tokens)
 
 
+_PYTHON_H = re.compile(r'^[ \t]*#[ \t]*include[ \t]*[<"]Python\.h[">]', re.MULTILINE)
+_UINT_TYPEDEF = re.compile(r"typedef\s[^;]*\buint\s*;|using\s+uint\s*=")
+_DEFINE = re.compile(r"^\s*#\s*define\s+(\w+)", re.MULTILINE)
+
+
+class _Lazy:
+    """A value computed on the first call and kept."""
+
+    def __init__(self, make: Callable[[], str]) -> None:
+        self._make, self._value = make, None
+
+    def __call__(self) -> str:
+        if self._value is None:
+            self._value = self._make()
+        return self._value
+
+
+def _search(pattern: re.Pattern[str], text: str, code: _Lazy) -> bool:
+    return bool(pattern.search(text) and pattern.search(code()))
+
+
 class CFileScanner:
     """Applies the C-family rules to one tokenized file."""
 
@@ -266,10 +287,13 @@ class CFileScanner:
         self.cuda = cuda
         self.findings: list[Finding] = []
         words = {t.text for t in self.tokens}
-        self.has_python_h = bool(re.search(r'#\s*include\s*[<"]Python\.h[">]', text)) or "Py_ssize_t" in words
-        self.defines_uint = bool(re.search(r"typedef\s[^;]*\buint\s*;|using\s+uint\s*=", text))
+        # Regexes over the text, which a commented-out line must not satisfy: a hit is confirmed
+        # on the text without comments (made only then: most files have no hit).
+        code = _Lazy(lambda: without_comments(text))
+        self.has_python_h = "Py_ssize_t" in words or ("Python.h" in text and bool(_PYTHON_H.search(code())))
+        self.defines_uint = _search(_UINT_TYPEDEF, text, code)
         self._aggregates: dict[str, tuple[str, ...]] | None = None
-        self.defined_macros = set(re.findall(r"^\s*#\s*define\s+(\w+)", text, re.MULTILINE))
+        self.defined_macros = set(_DEFINE.findall(code())) if _DEFINE.search(text) else set()
 
     def add(self, tok: Token, rule: str, message: str, edits: Iterable[Edit] = (), shims: Iterable[str] = ()) -> None:
         self.findings.append(Finding(self.path, tok.line, tok.col, rule, message, tuple(edits), tuple(shims)))

@@ -72,3 +72,21 @@ def test_bad_index(sharded: Path, text: str) -> None:
 def test_empty_directory(tmp_path: Path) -> None:
     with pytest.raises(SafetensorsError, match="holds no"):
         resolve_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("fname", ["../outside.safetensors", "/abs/x.safetensors", "C:\\x.safetensors", "a\\..\\..\\x.safetensors"])
+def test_index_cannot_name_files_outside_its_folder(tmp_path: Path, fname: str) -> None:
+    """An index is data from the checkpoint's author: it must not make the loader read arbitrary files."""
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    st.save_file({"w": torch.zeros(1)}, str(tmp_path / "outside.safetensors"))  # exists, so only the check refuses it
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": fname}}))
+    with pytest.raises(SafetensorsError, match="index names files outside its folder"):
+        resolve_checkpoint(folder)
+
+
+def test_index_may_name_files_in_subfolders(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    st.save_file({"w": torch.zeros(1)}, str(tmp_path / "sub" / "w.safetensors"))
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "sub/w.safetensors"}}))
+    assert load_weights(tmp_path).keys() == {"w"}

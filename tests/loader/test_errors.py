@@ -32,6 +32,8 @@ def test_good_file_parses(write_raw: RawWriter, good_header: dict[str, Any]) -> 
         (lambda h: _with(h, "a", data_offsets=[4, 12]), r"gap of 4 bytes before tensor 'a'"),
         (lambda h: _with(h, "a", dtype="F33"), r"tensor 'a': unknown dtype 'F33'"),
         (lambda h: _with(h, "a", dtype=7), r"tensor 'a': unknown dtype 7"),
+        (lambda h: _with(h, "a", dtype=["F32"]), r"tensor 'a': unknown dtype \['F32'\]"),  # was a TypeError
+        (lambda h: _with(h, "a", dtype={"F32": 1}), r"tensor 'a': unknown dtype \{'F32': 1\}"),
         (lambda h: _with(h, "a", dtype="F4"), r"sub-byte dtype F4 is not supported"),
         (lambda h: _with(h, "a", shape=[3]), r"'a': shape \[3\] of F32 needs 12 bytes but data_offsets span 8"),
         (lambda h: _with(h, "a", shape=[-2]), r"shape must be a list of non-negative integers"),
@@ -40,6 +42,8 @@ def test_good_file_parses(write_raw: RawWriter, good_header: dict[str, Any]) -> 
         (lambda h: {**h, "a": [1, 2]}, r"'a': entry must be an object"),
         (lambda h: {**h, "a": {"dtype": "F32"}}, r"'a': entry lacks data_offsets, shape"),
         (lambda h: {**h, "__metadata__": {"k": 1}}, r"__metadata__ must map strings to strings"),
+        (lambda h: {**h, "__metadata__": []}, r"__metadata__ must map strings to strings"),  # was taken as {}
+        (lambda h: {**h, "__metadata__": ""}, r"__metadata__ must map strings to strings"),
         (lambda h: _with(h, "b", data_offsets=[8, 16], shape=[2]), r"4 trailing bytes after the last tensor"),
     ],
 )
@@ -93,3 +97,24 @@ def test_unreadable_path_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SafetensorsError, match="cannot read safetensors file"):
         read_header(tmp_path)  # a directory is not a file
 
+
+
+def test_null_metadata_is_no_metadata(write_raw: RawWriter, good_header: dict[str, Any]) -> None:
+    assert read_header(write_raw("null.safetensors", {**good_header, "__metadata__": None}, DATA)).metadata == {}
+
+
+def test_unmappable_file_is_a_clear_error(
+    write_raw: RawWriter, good_header: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OSError from mmap (e.g. a file system that cannot map) is a SafetensorsError, which `mtq load` reports."""
+    import mmap
+
+    from multi_turboquant.loader import safetensors_file
+
+    def no_map(*args: object, **kwargs: object) -> mmap.mmap:
+        raise OSError(19, "No such device")
+
+    monkeypatch.setattr(safetensors_file.mmap, "mmap", no_map)
+    path = write_raw("ok.safetensors", good_header, DATA)
+    with pytest.raises(SafetensorsError, match=r"cannot map safetensors file .*ok.safetensors: \[Errno 19\] No such device"):
+        load_weights(path)

@@ -29,7 +29,9 @@ def test_register_is_idempotent_and_selects_our_loader() -> None:
     assert loader.chunk_bytes == 8 << 20 and loader.load_config.load_format == "safetensors"
 
 
-@pytest.mark.parametrize("extra", [{"chunk_mib": 0}, {"num_buffers": "2"}, {"device": 3}])
+@pytest.mark.parametrize(
+    "extra", [{"chunk_mib": 0}, {"num_buffers": "2"}, {"device": 3}, {"chunk_mib": True}, {"device": "nonsense"}]
+)
 def test_bad_options(extra: dict[str, object]) -> None:
     with pytest.raises(ValueError, match=LOAD_FORMAT):
         MtqMmapModelLoader(LoadConfig(load_format=LOAD_FORMAT, model_loader_extra_config=extra))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -177,6 +178,8 @@ def test_max_jobs_from_the_environment() -> None:
     assert "16 from the environment; 32 GB of memory, 24 CPUs suit 4" in only_problem(report, "MAX_JOBS", "warn")
     report = diagnose(windows(environ={"MAX_JOBS": "many"}), "0.19.0")
     assert "not a positive number" in only_problem(report, "MAX_JOBS", "error")
+    report = diagnose(windows(environ={"MAX_JOBS": "\u00b2"}), "0.19.0")  # a digit to str.isdigit, not to int()
+    assert "not a positive number" in only_problem(report, "MAX_JOBS", "error")
     report = diagnose(windows(physical_memory=lambda: None), "0.19.0")
     assert report.environment["MAX_JOBS"] == "2" and "cannot read the physical memory" in only_problem(
         report, "MAX_JOBS", "warn"
@@ -318,3 +321,31 @@ def test_cli_on_this_machine(capsys: pytest.CaptureFixture[str], tree: Path) -> 
 def test_cli_missing_tree(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["windows", "doctor", "--tree", str(tmp_path / "nowhere")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_without_git_still_reports(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tree with .git but no git on PATH: the version is unknown, the report is still printed."""
+    (tmp_path / ".git").mkdir()
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    code = main(["windows", "doctor", "--json", "--tree", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert "git is not installed" not in captured.err
+    data = json.loads(captured.out)
+    assert code == (1 if data["errors"] else 0)
+    assert "SETUPTOOLS_SCM_PRETEND_VERSION" not in data["environment"]
+
+
+def test_system_probes_read_program_files_whatever_its_case(tmp_path: Path) -> None:
+    """On Windows, dict(os.environ) has upper-case keys: PROGRAMFILES, not ProgramFiles."""
+    program_files = tmp_path / "Program Files [x]"  # glob characters in the folder name are literal
+    (program_files / "NVIDIA GPU Computing Toolkit" / "CUDA" / "v12.8").mkdir(parents=True)
+    upper = {"PROGRAMFILES": str(program_files), "PROGRAMFILES(X86)": str(tmp_path / "x86")}
+    assert doctor._toolkit_dirs(True, upper) == [str(program_files / "NVIDIA GPU Computing Toolkit" / "CUDA" / "v12.8")]
+    assert doctor._vs_roots(upper) == [
+        str(program_files / "Microsoft Visual Studio"),
+        str(tmp_path / "x86" / "Microsoft Visual Studio"),
+    ]
+    assert doctor._vs_roots({"ProgramFiles": "P"}) == [os.path.join("P", "Microsoft Visual Studio")]
+    assert doctor._vs_roots({}) == []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import sys
 import tarfile
 from pathlib import Path
 
@@ -164,6 +166,9 @@ def malicious(tmp_path: Path, *members: tuple[str, str]) -> Path:
         ([("/tmp/absolute.txt", "")], "is outside vllm-1.0/"),
         ([("other/x.txt", "")], "is outside vllm-1.0/"),
         ([("vllm-1.0/link", "../../../etc"), ("vllm-1.0/link/passwd", "")], "unsafe archive evil.tar.gz"),
+        # inside the staging folder the filter checks, but outside the tree once it is moved to its place
+        ([("vllm-1.0/link", "../escaped.txt")], "unsafe archive evil.tar.gz: 'vllm-1.0/link' would link to"),
+        ([("vllm-1.0/sub/link", "..\\..\\escaped.txt")], "unsafe archive evil.tar.gz: 'vllm-1.0/sub/link' would link"),
     ],
 )
 def test_extraction_refuses_path_traversal(tmp_path: Path, members, message: str) -> None:
@@ -191,3 +196,75 @@ def test_git_source(tmp_path: Path, monkeypatch, capsys) -> None:
         {}, monkeypatch, capsys, "0.27.2", str(tmp_path / "other"), "--source", "git", "--git-url", url
     )
     assert code == 1 and "git clone of tag v0.27.2" in err
+
+
+class _BrokenResponse(io.BytesIO):
+    """A download whose connection drops after the first chunk."""
+
+    def read(self, size: int = -1) -> bytes:
+        if self.tell():
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return super().read(size)
+
+
+@pytest.mark.parametrize("error", [None, KeyboardInterrupt])
+def test_broken_download_is_an_error_and_leaves_no_open_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: type[BaseException] | None
+) -> None:
+    """The partial file is closed before it is deleted (Windows refuses to delete an open file)."""
+    response = _BrokenResponse(b"x" * 10)
+    if error is not None:
+        monkeypatch.setattr(response, "read", lambda size=-1: (_ for _ in ()).throw(error()))
+    monkeypatch.setattr(fetch, "_open", lambda url, accept="*/*": response)
+    unlinked: list[bool] = []
+    real_unlink = fetch.os.unlink
+
+    def unlink(path: str) -> None:
+        unlinked.append(any(Path(f"/proc/self/fd/{fd}").resolve() == Path(path) for fd in os.listdir("/proc/self/fd")))
+        real_unlink(path)
+
+    monkeypatch.setattr(fetch.os, "unlink", unlink)
+    sdist = fetch.Sdist("vllm-0.19.0.tar.gz", "https://me:secret@example.invalid/vllm-0.19.0.tar.gz", "0" * 64)
+    with pytest.raises(error or KitError) as failure:
+        fetch.download(sdist, tmp_path)
+    if error is None:
+        assert "download of https://example.invalid/vllm-0.19.0.tar.gz failed" in str(failure.value)
+        assert "Connection reset" in str(failure.value) and "secret" not in str(failure.value)
+    if sys.platform.startswith("linux"):
+        assert unlinked == [False]  # deleted once, and no longer open when deleted
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("body", [b'{"name": "vllm"}', b"<html>not json</html>", b'{"files": [{"url": "x"}]}', b"[]"])
+def test_malformed_json_page_is_an_error_not_a_traceback(
+    fake_index: FakeIndex, env, tmp_path: Path, monkeypatch, capsys, body: bytes
+) -> None:
+    monkeypatch.setattr(fake_index, "page", lambda: ("application/vnd.pypi.simple.v1+json", body))
+    code, _, err = run_fetch(env, monkeypatch, capsys, "0.19.0", str(tmp_path / "src"))
+    assert code == 1 and "/simple/vllm/ is not a valid simple-API project page" in err
+    assert "Traceback" not in err and not (tmp_path / "src").exists()
+
+
+def test_server_speaking_no_http_is_an_error(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A bad status line raises http.client.BadStatusLine, which is no OSError."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/simple"
+    env = {"PIP_INDEX_URL": url, "MTQ_CACHE_DIR": str(tmp_path), "no_proxy": "127.0.0.1"}
+    try:
+        code, _, err = run_fetch(env, monkeypatch, capsys, "0.19.0", str(tmp_path / "src"))
+    finally:
+        thread.join(5)
+        server.close()
+    assert code == 1 and f"cannot reach {url}/vllm/" in err

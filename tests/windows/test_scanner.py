@@ -129,6 +129,33 @@ def test_no_false_positive(name: str, code: str) -> None:
     assert rules_of(name, code) == []
 
 
+@pytest.mark.parametrize(
+    ("code", "rule"),
+    [
+        ("/*\n#define _USE_MATH_DEFINES\n*/\nfloat f() { return M_PI; }\n", "math-constant"),
+        ("/* #define M_PI 3.14 */\nfloat f() { return M_PI; }\n", "math-constant"),
+        ("/* typedef unsigned uint; */\nuint x;\n", "uint-type"),
+        ("// using uint = unsigned;\nuint x;\n", "uint-type"),
+    ],
+)
+def test_commented_out_definitions_do_not_hide_hazards(code: str, rule: str) -> None:
+    assert rules_of("a.cu", code) == [rule]
+
+
+@pytest.mark.parametrize(
+    ("code", "fix"),
+    [
+        ('#include <Python.h>\nssize_t n;\n', "Py_ssize_t"),
+        ('/* c */ #include "Python.h"\nssize_t n;\n', "Py_ssize_t"),
+        ('// #include <Python.h>\nssize_t n;\n', "int64_t"),  # not included: Py_ssize_t would not compile
+        ('const char* s = "#include <Python.h>";\nssize_t n;\n', "int64_t"),
+    ],
+)
+def test_ssize_t_fix_depends_on_a_real_python_h_include(code: str, fix: str) -> None:
+    (finding,) = scan_text("a.cpp", code)
+    assert finding.message == f"'ssize_t' -> '{fix}'"
+
+
 def test_finding_position_and_format() -> None:
     (finding,) = scan_text("dir/k.cu", "int a;\n  bool b = x and y;\n")
     assert (finding.line, finding.col) == (2, 14)
