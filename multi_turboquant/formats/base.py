@@ -161,7 +161,8 @@ def _exp2_int(k: torch.Tensor) -> torch.Tensor:
 
 
 def scale_by_power_of_two(x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-    """x * 2**e for int32 e (rows, 1) in [-300, 300], as two exact multiplications by powers of two."""
+    """x * 2**e for int32 e (rows, 1) in [-252, 254] (each half within _exp2_int's range), as two
+    exact multiplications by powers of two; frexp exponents of float32 lie in [-148, 128]."""
     half = torch.div(e, 2, rounding_mode="floor")
     return x * _exp2_int(half) * _exp2_int(e - half)
 

@@ -131,7 +131,8 @@ class TurboQuant(KVFormat):
         beta_mid = _beta_tables()[1].to(x.device)
         beta_code = torch.where(beta > 0, 1 + count_prefix(lambda j: beta > rho * beta_mid[j], 254, beta), 0)
 
-        meta = torch.cat((bf16_bytes(scale_by_power_of_two(rho, exponent)), theta.to(torch.uint8), beta_code.to(torch.uint8)), dim=-1)
+        rho_bytes = bf16_bytes(scale_by_power_of_two(rho, exponent))
+        meta = torch.cat((rho_bytes, theta.to(torch.uint8), beta_code.to(torch.uint8)), dim=-1)
         signs = (w >= 0).to(torch.uint8)
         return torch.cat((pack(codes_o, self.mse_bits + 1), pack(codes_n, self.mse_bits), pack(signs, 1), meta), -1)
 
