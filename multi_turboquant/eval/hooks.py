@@ -1,0 +1,119 @@
+"""Run a Hugging Face causal LM with its K/V stored in a chosen format: a transformers attention function
+that round-trips each position once, when it enters the cache, then calls SDPA.
+
+In a forward pass the attention function sees the layer's post-RoPE keys and values with the new
+positions last (all of them without a cache; with a `DynamicCache`, the cache's own tensors). The last
+`q_len` positions are replaced in place by what the decoder would read back, so a cached token is
+quantized exactly once and later steps read the stored reconstruction, as a paged KV cache would.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..formats import ChannelParams
+from ..formats.calibration import FAMILY_FIELDS, Calibration
+from .codecs import BF16, Codec
+
+ATTENTION_NAME = "mtq_kv"
+Stream = Callable[[torch.Tensor], torch.Tensor]  # (..., heads, d) -> same
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """A row of the quality table: the key and value codec, used in every quantized layer."""
+
+    name: str
+    key: Codec
+    value: Codec
+    kind: str = "format"  # "format", "peer" (vLLM presets), "baseline" or "variant" (eval/variants.py)
+    calibrated: bool = False
+    exact_prefix: int = 0  # first positions of a sequence kept exact (not a policy the plugin carries)
+
+    def nbytes(self, head_dim: int) -> int:
+        """K + V bytes of one head vector pair."""
+        return self.key.nbytes(head_dim) + self.value.nbytes(head_dim)
+
+    def bits(self, head_dim: int) -> float:
+        """Stored bits per coordinate, K and V averaged, metadata included."""
+        return 8 * self.nbytes(head_dim) / (2 * head_dim)
+
+
+def _stream(codec: Codec, params: ChannelParams | None) -> Stream:
+    return lambda x: codec.roundtrip(x, params)
+
+
+@dataclass
+class KVHook:
+    """The attention function; `layers` maps a layer index to (key stream, value stream), None = as computed."""
+
+    layers: dict[int, tuple[Stream | None, Stream | None]] = field(default_factory=dict)
+    exact_prefix: int = 0
+
+    def use(self, scheme: Scheme, num_layers: int, calibration: Calibration | None = None,
+            keep_bf16: frozenset[int] = frozenset()) -> None:
+        """Store every layer's K/V with `scheme` (layers in keep_bf16 as bf16), calibrated if given."""
+        if calibration is not None and calibration.num_layers != num_layers:
+            raise ValueError(f"calibration has {calibration.num_layers} layers, the model {num_layers}")
+        self.layers, self.exact_prefix = {}, scheme.exact_prefix
+        for i in range(num_layers):
+            if i in keep_bf16:
+                self.layers[i] = (_stream(BF16, None), _stream(BF16, None))
+                continue
+            streams = []
+            for j, codec in enumerate((scheme.key, scheme.value)):
+                calibrated = calibration is not None and scheme.calibrated and codec.family in FAMILY_FIELDS
+                streams.append(_stream(codec, calibration.layer(i, codec.family)[j] if calibrated else None))
+            self.layers[i] = tuple(streams)
+
+    def __call__(self, module, query, key, value, attention_mask, **kwargs):
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        total = key.shape[2]
+        start = max(total - query.shape[2], min(self.exact_prefix, total))  # first new position to store
+        for t, fn in zip((key, value), self.layers.get(module.layer_idx, (None, None))):
+            if fn is not None and start < total:  # (B, H, T, d) -> codecs see (B, T, H, d): per-head calibration
+                new = t[:, :, start:].transpose(1, 2).float()
+                t[:, :, start:] = fn(new).transpose(1, 2).to(t.dtype)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+@dataclass
+class LoadedModel:
+    tokenizer: object
+    model: torch.nn.Module
+    hook: KVHook
+    path: Path
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.config.num_hidden_layers
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.model.config.num_key_value_heads
+
+    @property
+    def head_dim(self) -> int:
+        c = self.model.config
+        return getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """A local Hugging Face causal-LM folder in float32 with the KV hook installed (never a hub download)."""
+    p = Path(path).expanduser()
+    if not (p / "config.json").is_file():
+        raise ValueError(f"{str(p)!r} is not a Hugging Face model folder (no config.json)")
+    try:
+        from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer
+    except ImportError as e:
+        raise ValueError(f"mtq eval quality needs transformers: {e}") from None
+    hook = KVHook()
+    AttentionInterface.register(ATTENTION_NAME, hook)  # one active hook per process: the latest load
+    tok = AutoTokenizer.from_pretrained(p, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32, attn_implementation=ATTENTION_NAME,
+                                                 local_files_only=True)
+    return LoadedModel(tok, model.eval(), hook, p)

@@ -1,0 +1,126 @@
+"""Reference paged-cache ops in plain PyTorch: the specification the Triton kernels are tested against.
+
+All ops work on one layer's cache laid out as `KVCacheLayout` describes. Readable, not fast: every
+call decodes the records it reads with the formats' reference decoder.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..formats.params import ChannelParams
+from ..formats.registry import get_format
+from .layout import KVCacheLayout
+
+
+def check_cache(cache: torch.Tensor, layout: KVCacheLayout) -> None:
+    """Raise ValueError unless `cache` is a uint8 tensor of the layout's shape (any number of blocks)."""
+    if cache.dtype != torch.uint8 or cache.dim() != 4 or tuple(cache.shape[1:]) != layout.shape(0)[1:]:
+        raise ValueError(f"KV cache must be uint8 of shape (num_blocks, {', '.join(map(str, layout.shape(0)[1:]))}), "
+                         f"got {cache.dtype} {tuple(cache.shape)}")
+
+
+def check_store_args(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_mapping: torch.Tensor,
+                     layout: KVCacheLayout) -> None:
+    """Raise ValueError unless the shapes fit `store`."""
+    check_cache(cache, layout)
+    shape = (key.shape[0], layout.num_kv_heads, layout.head_dim)
+    if tuple(key.shape) != shape or tuple(value.shape) != shape or tuple(slot_mapping.shape) != (key.shape[0],):
+        raise ValueError(f"store: key/value must be {shape} and slot_mapping ({shape[0]},), got "
+                         f"{tuple(key.shape)}, {tuple(value.shape)}, {tuple(slot_mapping.shape)}")
+
+
+def store(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    layout: KVCacheLayout,
+    key_params: ChannelParams | None = None,
+    value_params: ChannelParams | None = None,
+) -> None:
+    """Encode key/value (T, num_kv_heads, head_dim) into the slots `slot_mapping` (T,) names; slot < 0 is skipped.
+
+    Slot s is token s % block_size of block s // block_size.
+    """
+    check_store_args(key, value, cache, slot_mapping, layout)
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep].long()
+    if slots.numel() == 0:
+        return
+    if int(slots.max()) >= cache.shape[0] * layout.block_size:
+        raise ValueError(f"store: slot {int(slots.max())} is beyond the cache's {cache.shape[0]} blocks")
+    k = get_format(layout.key_format).encode(key[keep], key_params)
+    v = get_format(layout.value_format).encode(value[keep], value_params)
+    block, offset = slots // layout.block_size, slots % layout.block_size
+    cache[block, :, offset] = torch.cat([k, v], dim=-1)
+
+
+def gather(
+    cache: torch.Tensor,
+    layout: KVCacheLayout,
+    block_table: torch.Tensor,
+    length: int,
+    key_params: ChannelParams | None = None,
+    value_params: ChannelParams | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode the first `length` tokens of each row of block_table (B, blocks) to float32 K, V of
+    (B, length, num_kv_heads, head_dim); one decode call for all rows."""
+    n = -(-length // layout.block_size)
+    rows = block_table.shape[0]
+    # entries past a row's own pages may be any padding value: clamp them (their tokens are sliced off below)
+    slots = cache[block_table[:, :n].long().clamp(0, cache.shape[0] - 1)].transpose(2, 3)
+    slots = slots.reshape(rows, -1, layout.num_kv_heads, layout.slot_bytes)[:, :length]
+    k = get_format(layout.key_format).decode(slots[..., :layout.key_bytes], layout.head_dim, torch.float32, key_params)
+    v = get_format(layout.value_format).decode(slots[..., layout.key_bytes:], layout.head_dim, torch.float32,
+                                               value_params)
+    return k, v
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, first_position: int) -> torch.Tensor:
+    """Causal GQA attention in float32: q (n, Hq, D) at positions first_position.. over k, v (L, Hkv, D)."""
+    group = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(group, dim=1)
+    v = v.repeat_interleave(group, dim=1)
+    scores = torch.einsum("qhd,khd->hqk", q.float(), k) * scale
+    q_pos = first_position + torch.arange(q.shape[0], device=q.device)
+    mask = torch.arange(k.shape[0], device=q.device)[None, :] > q_pos[:, None]
+    scores = scores.masked_fill(mask, float("-inf"))
+    return torch.einsum("hqk,khd->qhd", scores.softmax(dim=-1), v)
+
+
+def paged_attention(
+    query: torch.Tensor,
+    cache: torch.Tensor,
+    layout: KVCacheLayout,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    scale: float,
+    key_params: ChannelParams | None = None,
+    value_params: ChannelParams | None = None,
+    new_key: torch.Tensor | None = None,
+    new_value: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Causal attention of query (Tq, Hq, head_dim) over the paged cache; returns (Tq, Hq, head_dim) in query's dtype.
+
+    Sequence b owns queries query_start_loc[b]:query_start_loc[b+1], the last tokens of its seq_lens[b]
+    tokens (so decode, prefill and chunked prefill are one case). Its context is read from the packed
+    cache through block_table[b]; when new_key/new_value (Tq, num_kv_heads, head_dim) are given, the
+    sequence's own new tokens use them instead of their packed records.
+    """
+    check_cache(cache, layout)
+    if query.shape[1] % layout.num_kv_heads:
+        raise ValueError(f"{query.shape[1]} query heads are not a multiple of {layout.num_kv_heads} KV heads")
+    out = torch.empty_like(query)
+    starts, lengths = query_start_loc.tolist(), seq_lens.tolist()
+    n_new = [starts[b + 1] - starts[b] for b in range(len(lengths))]
+    cached = [length - n if new_key is not None else length for length, n in zip(lengths, n_new)]
+    k_all, v_all = gather(cache, layout, block_table[:len(lengths)], max(cached, default=0), key_params, value_params)
+    for b, length in enumerate(lengths):
+        q = query[starts[b]:starts[b + 1]]
+        k, v = k_all[b, :cached[b]], v_all[b, :cached[b]]
+        if new_key is not None:
+            k = torch.cat([k, new_key[starts[b]:starts[b + 1]].float()])
+            v = torch.cat([v, new_value[starts[b]:starts[b + 1]].float()])
+        out[starts[b]:starts[b + 1]] = attend(q, k, v, scale, length - n_new[b]).to(query.dtype)
+    return out

@@ -1,0 +1,157 @@
+"""Quantize-on-write: one Triton launch encodes a layer's new K and V tokens into the paged cache.
+
+Same contract as `naive.store`, with two device-side policies (no host syncs, CUDA-graph safe):
+a slot < 0 or beyond the cache is skipped, and a vector that is not finite after calibration gets a
+record whose bfloat16 scale is NaN (it decodes to NaN, so attention shows it) instead of a ValueError.
+Records are byte-identical to `KVFormat.encode` (see triton_encode.py).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..formats.base import SUPPORTED_DTYPES
+from ..formats.params import ChannelParams
+from ..formats.registry import get_format
+from .layout import KVCacheLayout
+from .naive import check_store_args
+from .triton_encode import encode_block_rotation, encode_turboquant, encoder_constants
+
+FAMILIES = {"turboquant": 0, "isoquant": 4, "planarquant": 2}  # rotation block size; 0 = TurboQuant
+HEAD_DIMS = (16, 32, 64, 128, 256, 512)
+
+
+@triton.jit
+def _encode(x_ptr, x_offs, x_sd, chan, perm, consts, out, ok, ROWS: tl.constexpr, LOG2D: tl.constexpr,
+            K: tl.constexpr, BITS: tl.constexpr):
+    if K == 0:
+        encode_turboquant(x_ptr, x_offs, x_sd, chan, perm, consts, out, ok, ROWS, LOG2D, BITS)
+    else:
+        encode_block_rotation(x_ptr, x_offs, x_sd, chan, consts, out, ok, ROWS, LOG2D, K, BITS)
+
+
+_RUNTIME_INTS = ("rows", "num_slots", "num_heads", "block_size", "k_st", "k_sh", "k_sd", "v_st", "v_sh", "v_sd",
+                 "c_sb", "c_sh", "c_st")
+
+
+@triton.jit(do_not_specialize=_RUNTIME_INTS)  # one compiled kernel per format pair, whatever the batch
+def _store_kernel(key, value, cache, slots, k_consts, k_chan, k_perm, v_consts, v_chan, v_perm,
+                  rows, num_slots, num_heads, block_size,
+                  k_st, k_sh, k_sd, v_st, v_sh, v_sd, c_sb, c_sh, c_st,
+                  KEY_BYTES: tl.constexpr, ROWS: tl.constexpr, LOG2D: tl.constexpr,
+                  K_K: tl.constexpr, K_BITS: tl.constexpr, V_K: tl.constexpr, V_BITS: tl.constexpr):
+    """Rows are (token, KV head) pairs; each program encodes ROWS of them, key then value record."""
+    D: tl.constexpr = 1 << LOG2D
+    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    live = r < rows
+    t = (r // num_heads).to(tl.int64)
+    h = r % num_heads
+    slot = tl.load(slots + t, mask=live, other=-1).to(tl.int64)
+    ok = live & (slot >= 0) & (slot < num_slots)
+    out = cache + (slot // block_size) * c_sb + h * c_sh + (slot % block_size) * c_st
+    _encode(key, t * k_st + h * k_sh, k_sd, k_chan + h * 2 * D, k_perm + h * D, k_consts, out, ok,
+            ROWS, LOG2D, K_K, K_BITS)
+    _encode(value, t * v_st + h * v_sh, v_sd, v_chan + h * 2 * D, v_perm + h * D, v_consts, out + KEY_BYTES, ok,
+            ROWS, LOG2D, V_K, V_BITS)
+
+
+_TABLES: dict[tuple, tuple] = {}
+
+
+def _stream_tables(name: str, layout: KVCacheLayout, params: ChannelParams | None, device: torch.device) -> tuple:
+    """(consts, chan, perm) on `device` for one stream, built once per params object."""
+    key = (name, layout.head_dim, layout.num_kv_heads, str(device), id(params))
+    hit = _TABLES.get(key)
+    if hit is not None and hit[0] is params:
+        return hit[1]
+    fmt = get_format(name)
+    d, heads = layout.head_dim, layout.num_kv_heads
+    given, params = params, fmt._check_params(params, d)  # validates (host syncs here, once per params object)
+
+    def per_head(t: torch.Tensor | None, fill: float) -> torch.Tensor:
+        if t is None:
+            return torch.full((heads, d), fill)
+        try:
+            return torch.broadcast_to(t.detach().cpu().to(torch.float32), (heads, d))
+        except RuntimeError:
+            raise ValueError(f"{name}: channel params of shape {tuple(t.shape)} do not broadcast to "
+                             f"({heads}, {d})") from None
+
+    chan = torch.stack((per_head(params.offset, 0.0), per_head(params.scale, 1.0)), dim=1)
+    if fmt.family == "turboquant":
+        perm = fmt._permutation(params, d, torch.device("cpu"))
+        try:
+            perm = torch.broadcast_to(perm, (heads, d))
+        except RuntimeError:
+            raise ValueError(f"{name}: outliers of shape {tuple(params.outliers.shape)} do not broadcast to "
+                             f"({heads}, k)") from None
+    else:
+        perm = torch.zeros(1)
+    tables = (encoder_constants(name, d).to(device), chan.contiguous().to(device),
+              perm.to(torch.int32).contiguous().to(device))
+    _TABLES[key] = (given, tables)  # holding `given` keeps its id from being reused
+    return tables
+
+
+def check_head_dim(head_dim: int) -> None:
+    """Raise ValueError unless the Triton encoders support head_dim (powers of two)."""
+    if head_dim not in HEAD_DIMS:
+        raise ValueError(f"triton store: unsupported head_dim {head_dim}; supported: {', '.join(map(str, HEAD_DIMS))}")
+
+
+def check_layout(layout: KVCacheLayout) -> None:
+    """ValueError unless the store kernel serves the layout."""
+    check_head_dim(layout.head_dim)
+
+
+def store(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    layout: KVCacheLayout,
+    key_params: ChannelParams | None = None,
+    value_params: ChannelParams | None = None,
+    *,
+    rows_per_program: int = 1,
+    num_warps: int = 1,
+) -> None:
+    """Encode key/value (T, num_kv_heads, head_dim) into the slots `slot_mapping` (T,) names, in one launch.
+
+    Slot s is token s % block_size of block s // block_size; slots < 0 or beyond the cache are skipped.
+    """
+    check_head_dim(layout.head_dim)
+    check_store_args(key, value, cache, slot_mapping, layout)
+    for name, t in (("key", key), ("value", value)):
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"store: {name} dtype {t.dtype} is not float16, bfloat16 or float32")
+    if slot_mapping.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"store: slot_mapping must be int32 or int64, got {slot_mapping.dtype}")
+    if {key.device, value.device, slot_mapping.device} != {cache.device}:
+        raise ValueError(f"store: key, value, slot_mapping and cache must share a device, got {key.device}, "
+                         f"{value.device}, {slot_mapping.device}, {cache.device}")
+    if cache.stride(-1) != 1:
+        raise ValueError("store: the cache's last dim must be contiguous")
+    if rows_per_program < 1 or rows_per_program & (rows_per_program - 1):
+        raise ValueError(f"store: rows_per_program must be a power of two, got {rows_per_program}")
+    rows = key.shape[0] * layout.num_kv_heads
+    if rows == 0:
+        return
+    k_consts, k_chan, k_perm = _stream_tables(layout.key_format, layout, key_params, cache.device)
+    v_consts, v_chan, v_perm = _stream_tables(layout.value_format, layout, value_params, cache.device)
+    k_fmt, v_fmt = get_format(layout.key_format), get_format(layout.value_format)
+    grid = (triton.cdiv(rows, rows_per_program),)
+    _store_kernel[grid](
+        key, value, cache, slot_mapping, k_consts, k_chan, k_perm, v_consts, v_chan, v_perm,
+        rows, cache.shape[0] * layout.block_size, layout.num_kv_heads, layout.block_size,
+        *key.stride(), *value.stride(), *cache.stride()[:3],
+        KEY_BYTES=layout.key_bytes, ROWS=rows_per_program, LOG2D=layout.head_dim.bit_length() - 1,
+        K_K=FAMILIES[k_fmt.family], K_BITS=_code_bits(k_fmt), V_K=FAMILIES[v_fmt.family], V_BITS=_code_bits(v_fmt),
+        num_warps=num_warps, enable_fp_fusion=False,
+    )
+
+
+def _code_bits(fmt) -> int:
+    """The kernel's BITS: code width of IsoQuant/PlanarQuant, m (regular-half bits) of TurboQuant."""
+    return fmt.mse_bits if fmt.family == "turboquant" else fmt.bits

@@ -1,0 +1,1 @@
+"""vLLM plugin: the six formats as `kv_cache_dtype` values (entry point `vllm.general_plugins`)."""

@@ -1,0 +1,150 @@
+"""vLLM attention backend over the packed cache: backend (shapes), metadata builder, impl."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from vllm.v1.attention.backend import (
+    AttentionBackend,
+    AttentionImpl,
+    AttentionMetadataBuilder,
+    AttentionType,
+    CommonAttentionMetadata,
+    MultipleOf,
+)
+
+from ..formats.params import ChannelParams
+from ..formats.registry import FORMATS
+from ..kernels import ops
+from ..kernels.layout import KVCacheLayout
+from . import state
+
+HEAD_SIZES = list(range(16, 513, 16))
+
+
+class MTQAttentionBackend(AttentionBackend):
+    """Stores K and V as packed records (docs/formats.md) and attends straight from them."""
+
+    accept_output_buffer: bool = True
+    forward_includes_kv_cache_update: bool = False
+    supported_dtypes: ClassVar[list[torch.dtype]] = [torch.float16, torch.bfloat16, torch.float32]
+    supported_kv_cache_dtypes: ClassVar[list[str]] = list(FORMATS)
+
+    @staticmethod
+    def get_name() -> str:
+        return "CUSTOM"  # vLLM's slot for third-party backends (registered by the plugin)
+
+    @staticmethod
+    def get_supported_kernel_block_sizes() -> list[int | MultipleOf]:
+        return [MultipleOf(16)]
+
+    @classmethod
+    def get_supported_head_sizes(cls) -> list[int]:
+        return HEAD_SIZES
+
+    @classmethod
+    def supports_attn_type(cls, attn_type: str) -> bool:
+        return attn_type == AttentionType.DECODER
+
+    @staticmethod
+    def get_impl_cls() -> type["MTQAttentionImpl"]:
+        return MTQAttentionImpl
+
+    @staticmethod
+    def get_builder_cls() -> type["MTQMetadataBuilder"]:
+        return MTQMetadataBuilder
+
+    @staticmethod
+    def get_kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int, head_size: int,
+                           cache_dtype_str: str = "auto") -> tuple[int, ...]:
+        return state.layout(head_size, num_kv_heads, block_size).shape(num_blocks)
+
+
+@dataclass
+class MTQMetadata:
+    num_actual_tokens: int
+    max_query_len: int
+    max_seq_len: int
+    query_start_loc: torch.Tensor
+    seq_lens: torch.Tensor
+    block_table: torch.Tensor
+    slot_mapping: torch.Tensor
+
+
+class MTQMetadataBuilder(AttentionMetadataBuilder[MTQMetadata]):
+    def __init__(self, kv_cache_spec, layer_names, vllm_config, device) -> None:
+        super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+
+    def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
+              fast_build: bool = False) -> MTQMetadata:
+        m = common_attn_metadata
+        return MTQMetadata(
+            num_actual_tokens=m.num_actual_tokens,
+            max_query_len=m.max_query_len,
+            max_seq_len=m.max_seq_len,
+            query_start_loc=m.query_start_loc,
+            seq_lens=m.seq_lens,
+            block_table=m.block_table_tensor,
+            slot_mapping=m.slot_mapping,
+        )
+
+
+class MTQAttentionImpl(AttentionImpl[MTQMetadata]):
+    """Prefill and decode both attend over the packed cache, so chunking and prefix hits do not change results."""
+
+    def __init__(self, num_heads: int, head_size: int, scale: float, num_kv_heads: int | None = None,
+                 alibi_slopes: list[float] | None = None, sliding_window: int | None = None,
+                 kv_cache_dtype: str = "auto", logits_soft_cap: float | None = None,
+                 attn_type: str = AttentionType.DECODER, kv_sharing_target_layer_name: str | None = None,
+                 **kwargs) -> None:
+        unsupported = {
+            "ALiBi": alibi_slopes is not None,
+            "sliding-window attention": sliding_window is not None,
+            "logits soft-capping": bool(logits_soft_cap),
+            "cross-layer KV sharing": kv_sharing_target_layer_name is not None,
+            "attention sinks": kwargs.get("sinks") is not None,
+            f"attention type {attn_type}": attn_type != AttentionType.DECODER,
+        }
+        refused = [name for name, hit in unsupported.items() if hit]
+        if refused:
+            raise ValueError(f"kv_cache_dtype={kv_cache_dtype!r} (multi-turboquant) does not support {', '.join(refused)}")
+        self.num_heads = num_heads
+        self.head_size = head_size
+        self.scale = scale
+        self.num_kv_heads = num_kv_heads or num_heads
+        self.settings = state.settings()
+        self._params: tuple[ChannelParams | None, ChannelParams | None] | None = None
+
+    def _layout(self, kv_cache: torch.Tensor) -> KVCacheLayout:
+        return state.layout(self.head_size, self.num_kv_heads, kv_cache.shape[2])
+
+    def _channel_params(self, layer: torch.nn.Module) -> tuple[ChannelParams | None, ChannelParams | None]:
+        if self._params is None:
+            self._params = state.channel_params(layer.layer_name)
+        return self._params
+
+    def do_kv_cache_update(self, layer: torch.nn.Module, key: torch.Tensor, value: torch.Tensor,
+                           kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+        n = slot_mapping.shape[0]
+        shape = (n, self.num_kv_heads, self.head_size)
+        key_params, value_params = self._channel_params(layer)
+        ops.store(key[:n].reshape(shape), value[:n].reshape(shape), kv_cache, slot_mapping,
+                  self._layout(kv_cache), key_params, value_params)
+
+    def forward(self, layer: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                kv_cache: torch.Tensor, attn_metadata: MTQMetadata | None, output: torch.Tensor | None = None,
+                output_scale: torch.Tensor | None = None, output_block_scale: torch.Tensor | None = None) -> torch.Tensor:
+        if output_scale is not None or output_block_scale is not None:
+            raise NotImplementedError("multi-turboquant: fused output quantization is not supported")
+        if attn_metadata is None:  # profiling run
+            return output
+        n = attn_metadata.num_actual_tokens
+        key_params, value_params = self._channel_params(layer)
+        out = ops.paged_attention(
+            query[:n].reshape(n, self.num_heads, self.head_size), kv_cache, self._layout(kv_cache),
+            attn_metadata.block_table, attn_metadata.seq_lens, attn_metadata.query_start_loc, self.scale,
+            key_params, value_params, max_query_len=attn_metadata.max_query_len,
+            max_seq_len=attn_metadata.max_seq_len)
+        output[:n] = out.reshape(output[:n].shape)
+        return output

@@ -1,0 +1,47 @@
+"""Building vLLM engines with our formats, and reading their KV capacity."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..formats.registry import get_format
+
+DEFAULT_CPU_KV_GIB = 1
+
+
+def build_llm(model: str | Path, kv_cache_dtype: str = "auto", *, plugin_config: dict | None = None,
+              max_model_len: int = 2048, **kwargs: Any):
+    """vLLM's LLM for `model` with `kv_cache_dtype`; `plugin_config` becomes additional_config["multi_turboquant"].
+
+    Call it under `if __name__ == "__main__":` (vLLM spawns its engine process). On a CPU build the KV budget is
+    $VLLM_CPU_KVCACHE_SPACE GiB (default 1 here) and the model runs eagerly (torch.compile costs minutes there).
+    """
+    import torch
+    import vllm
+    from vllm import LLM
+
+    from .compat import check_version
+
+    check_version(vllm.__version__)
+    path = Path(model).expanduser()
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{str(path)!r} is not a model folder (no config.json)")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(DEFAULT_CPU_KV_GIB))
+    kwargs.setdefault("enforce_eager", not torch.cuda.is_available())
+    if plugin_config:
+        kwargs["additional_config"] = {"multi_turboquant": plugin_config}
+    return LLM(str(path), kv_cache_dtype=kv_cache_dtype, max_model_len=max_model_len, **kwargs)
+
+
+def capacity_tokens(llm) -> int:
+    """Tokens the engine's KV cache holds (blocks x block size), as vLLM reports at start-up."""
+    cache = llm.llm_engine.vllm_config.cache_config
+    return int(cache.num_gpu_blocks) * int(cache.block_size)
+
+
+def ideal_ratio(kv_cache_dtype: str, head_dim: int, value_format: str | None = None, model_bytes: int = 2) -> float:
+    """Model-dtype bytes over packed bytes for one K+V pair (all layers quantized)."""
+    packed = get_format(kv_cache_dtype).bytes_per_vector(head_dim)
+    packed += get_format(value_format or kv_cache_dtype).bytes_per_vector(head_dim)
+    return 2 * head_dim * model_bytes / packed

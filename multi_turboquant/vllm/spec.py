@@ -1,0 +1,23 @@
+"""KV-cache spec whose page holds the packed records: real capacity, not the 2x of a byte-per-coordinate slot."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from vllm.v1.kv_cache_interface import FullAttentionSpec
+
+
+@dataclass(frozen=True, kw_only=True)
+class PackedKVSpec(FullAttentionSpec):
+    """FullAttentionSpec with a page of block_size x num_kv_heads x slot_bytes (uint8)."""
+
+    slot_bytes: int = 0
+
+    @property
+    def real_page_size_bytes(self) -> int:
+        return self.block_size * self.num_kv_heads * self.slot_bytes
+
+    @classmethod
+    def merge(cls, specs: list["PackedKVSpec"]) -> "PackedKVSpec":
+        if len({s.slot_bytes for s in specs}) != 1:
+            raise ValueError("layers of one KV-cache group must share one packed slot size")
+        return replace(super().merge(specs), slot_bytes=specs[0].slot_bytes)

@@ -1,0 +1,65 @@
+"""The engine's active plugin settings in this process (one engine per worker process)."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from ..formats.params import ChannelParams
+from ..formats.registry import get_format
+from ..kernels.layout import KVCacheLayout
+from .settings import Settings
+
+_active: Settings | None = None
+
+
+def activate(cache_dtype: str, additional_config: object, model_dims: tuple[int, int, int] | None = None) -> Settings:
+    """Validate and remember the settings of the engine being built; with model_dims (layers, KV heads, head_dim)
+    a calibration file is loaded and checked against the model now, at engine build."""
+    global _active
+    _active = Settings.from_config(cache_dtype, additional_config)
+    if _active.calibration is not None and model_dims is not None:
+        cal = _calibration(_active.calibration)
+        if (cal.num_layers, cal.num_kv_heads, cal.head_dim) != tuple(model_dims):
+            raise ValueError(f"calibration {_active.calibration} is for {cal.num_layers} layers x {cal.num_kv_heads} KV "
+                             f"heads of head_dim {cal.head_dim}; this model has {model_dims[0]} x {model_dims[1]} of "
+                             f"{model_dims[2]}")
+    return _active
+
+
+def settings() -> Settings:
+    """The active settings, read from vLLM's current config on first use."""
+    if _active is None:
+        from vllm.config import get_current_vllm_config
+
+        config = get_current_vllm_config()
+        return activate(config.cache_config.cache_dtype, config.additional_config)
+    return _active
+
+
+def layout(head_size: int, num_kv_heads: int, block_size: int) -> KVCacheLayout:
+    s = settings()
+    return _layout(s.key_format, s.value_format, head_size, num_kv_heads, block_size)
+
+
+@lru_cache(maxsize=None)
+def _layout(key_format: str, value_format: str, head_size: int, num_kv_heads: int, block_size: int) -> KVCacheLayout:
+    return KVCacheLayout(key_format, value_format, head_size, num_kv_heads, block_size)
+
+
+@lru_cache(maxsize=4)
+def _calibration(path):
+    from ..formats.calibration import load_calibration
+
+    return load_calibration(path)
+
+
+def channel_params(layer_name: str) -> tuple[ChannelParams | None, ChannelParams | None]:
+    """Key and value calibration of the layer called `layer_name`, or (None, None) without a calibration file."""
+    s = settings()
+    if s.calibration is None:
+        return None, None
+    from vllm.model_executor.models.utils import extract_layer_index
+
+    calibration = _calibration(s.calibration)
+    index = extract_layer_index(layer_name)
+    key_family, value_family = (get_format(n).family for n in (s.key_format, s.value_format))
+    return calibration.layer(index, key_family)[0], calibration.layer(index, value_family)[1]

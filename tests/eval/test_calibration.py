@@ -1,0 +1,97 @@
+"""The calibration file: round trip, per-family fields, and clear errors for bad files."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from multi_turboquant.formats import ChannelParams, get_format
+from multi_turboquant.formats.calibration import load_calibration, save_calibration
+from multi_turboquant.formats.params import fit_channel_params
+from multi_turboquant.formats.version import FORMAT_VERSION
+
+HEADS, D, LAYERS = 3, 64, 4
+
+
+def _layers(seed: int = 0) -> list[tuple[ChannelParams, ChannelParams]]:
+    g = torch.Generator().manual_seed(seed)
+    return [tuple(fit_channel_params(torch.randn(200, HEADS, D, generator=g) * torch.rand(D, generator=g) * 5 + 1,
+                                     center=True, equalize=True, n_outliers=8) for _ in range(2))
+            for _ in range(LAYERS)]
+
+
+def _save(tmp_path, layers=None):
+    path = tmp_path / "turboquant_kv.json"
+    save_calibration(path, layers or _layers(), head_dim=D, num_kv_heads=HEADS, model="m", corpus="c")
+    return path
+
+
+def test_round_trip_keeps_every_tensor(tmp_path):
+    layers = _layers()
+    cal = load_calibration(_save(tmp_path, layers))
+    assert (cal.num_layers, cal.head_dim, cal.num_kv_heads, cal.model, cal.corpus) == (LAYERS, D, HEADS, "m", "c")
+    assert cal.format_version == FORMAT_VERSION
+    for i, pair in enumerate(layers):
+        for want, got in zip(pair, cal.layer(i)):
+            assert torch.equal(want.offset, got.offset) and torch.equal(want.scale, got.scale)
+            assert torch.equal(want.outliers, got.outliers) and got.outliers.shape == (HEADS, 8)
+
+
+def test_family_fields_are_ones_the_format_accepts(tmp_path):
+    cal = load_calibration(_save(tmp_path))
+    x = torch.randn(5, HEADS, D)
+    for name in ("turboquant25", "isoquant4", "planarquant3"):
+        fmt = get_format(name)
+        k, v = cal.layer(1, fmt.family)
+        assert (k.outliers is not None) == (fmt.family == "turboquant")
+        assert (k.scale is None) == (fmt.family == "turboquant")
+        for p in (k, v):
+            assert fmt.decode(fmt.encode(x, p), D, params=p).shape == x.shape
+    with pytest.raises(ValueError, match="outlier channels apply"):
+        get_format("isoquant4").encode(x, cal.layer(0)[0])
+    with pytest.raises(ValueError, match="unknown format family"):
+        cal.layer(0, "nope")
+    with pytest.raises(ValueError, match="layers 0..3"):
+        cal.layer(LAYERS)
+
+
+def _edit(tmp_path, fn) -> str:
+    path = _save(tmp_path)
+    doc = json.loads(path.read_text())
+    fn(doc)
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(format_version=FORMAT_VERSION + 1), "format version"),
+    (lambda d: d.update(kind="other"), "not an mtq calibration file"),
+    (lambda d: d["layers"].pop(2), "missing \\[2\\]"),
+    (lambda d: d["layers"][1]["key"]["offset"].pop(), "layer 1 key: offset has shape \\(2, 64\\)"),
+    (lambda d: d["layers"][0]["value"]["scale"][0].pop(), "layer 0 value"),
+    (lambda d: d["layers"][3]["key"]["outliers"][0].__setitem__(0, 64), "out of range"),
+    (lambda d: d["layers"][2]["value"]["offset"][1].__setitem__(5, float("nan")), "NaN"),
+    (lambda d: d.update(head_dim=0), "head_dim must be a positive integer"),
+    (lambda d: d["layers"][0]["key"].update(bias=[1]), "offset/scale/outliers"),
+])
+def test_bad_files_name_the_problem(tmp_path, edit, message):
+    with pytest.raises(ValueError, match=message):
+        load_calibration(_edit(tmp_path, edit))
+
+
+def test_bad_paths_and_non_json(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        load_calibration(tmp_path / "missing.json")
+    (tmp_path / "x.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not JSON"):
+        load_calibration(tmp_path / "x.json")
+
+
+def test_save_refuses_nan_and_wrong_shapes(tmp_path):
+    layers = _layers()
+    bad = ChannelParams(offset=torch.full((HEADS, D), float("nan")))
+    with pytest.raises(ValueError, match="NaN"):
+        _save(tmp_path, layers[:1] + [(bad, None)] + layers[2:])
+    with pytest.raises(ValueError, match="expected \\(3, 64\\)"):
+        _save(tmp_path, [(ChannelParams(offset=torch.zeros(D)), None)])

@@ -1,0 +1,90 @@
+"""The KV hook on a tiny random Llama: each cached position is quantized once, and the cached decode
+reads the same K/V as the teacher-forced pass."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from multi_turboquant.eval.codecs import INT4, Codec, format_codec  # noqa: E402
+from multi_turboquant.eval.hooks import ATTENTION_NAME, KVHook, Scheme  # noqa: E402
+from multi_turboquant.eval.metrics import agreement, greedy, perplexity, prompts_from  # noqa: E402
+
+LAYERS, KV_HEADS, D = 2, 2, 16
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    hook = KVHook()
+    AttentionInterface.register(ATTENTION_NAME, hook)
+    cfg = LlamaConfig(vocab_size=50, hidden_size=64, intermediate_size=96, num_hidden_layers=LAYERS,
+                      num_attention_heads=4, num_key_value_heads=KV_HEADS, max_position_embeddings=128)
+    cfg._attn_implementation = ATTENTION_NAME
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg).eval(), hook
+
+
+def test_cached_decode_quantizes_each_position_once(tiny):
+    model, hook = tiny
+    seen = []
+
+    def counting(x, params=None):
+        seen.append(x.shape[:-1].numel())
+        return INT4.roundtrip(x, params)
+
+    codec = Codec("count", "baseline", INT4.nbytes, counting)
+    hook.use(Scheme("c", codec, codec), LAYERS)
+    prompts = torch.randint(0, 50, (3, 5), generator=torch.Generator().manual_seed(1))
+    greedy(model, prompts, 4)
+    # prompt (5) + 3 fed-back tokens, 3 rows, KV heads, K and V, every layer
+    assert sum(seen) == (5 + 3) * 3 * KV_HEADS * 2 * LAYERS
+
+
+def test_cache_and_teacher_forcing_read_the_same_kv(tiny):
+    model, hook = tiny
+    fmt = format_codec("planarquant3")
+    hook.use(Scheme("p3", fmt, fmt), LAYERS)
+    ids = torch.randint(0, 50, (1, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits[0, -1]
+        out = model(ids[:, :8], use_cache=True)
+        for t in range(8, 12):
+            out = model(ids[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
+        hook.layers = {}
+        exact = model(ids, use_cache=False).logits[0, -1]
+    assert torch.allclose(out.logits[0, -1], full, atol=1e-4)
+    assert not torch.allclose(exact, full, atol=1e-4)  # the format changed what attention read
+
+
+def test_keep_bf16_and_calibration_checks(tiny):
+    model, hook = tiny
+    s = Scheme("p3", format_codec("planarquant3"), format_codec("planarquant3"))
+    hook.use(s, LAYERS, keep_bf16=frozenset({0}))
+    assert hook.layers[0][0](torch.ones(1, 2, D) / 3).dtype == torch.float32
+    from multi_turboquant.formats.calibration import Calibration
+    with pytest.raises(ValueError, match="calibration has 1 layers, the model 2"):
+        hook.use(s, LAYERS, Calibration(D, KV_HEADS, ((None, None),)))
+    hook.layers = {}
+
+
+def test_metrics_on_the_tiny_model(tiny):
+    model, hook = tiny
+    hook.layers = {}
+    ids = torch.randint(0, 50, (40,), generator=torch.Generator().manual_seed(3))
+    ppl = perplexity(model, ids, 16)
+    assert 1 < ppl < 500
+    p = prompts_from(ids, 4, 6)
+    assert p.shape == (4, 6) and torch.equal(p[0], ids[:6]) and torch.equal(p[-1], ids[-6:])
+    ref = greedy(model, p, 5)
+    assert agreement(ref, ref) == (1.0, 5.0)
+    other = ref.clone()
+    other[0, 2] += 1
+    other[1, 0] += 1
+    frac, first = agreement(ref, other)
+    assert frac == pytest.approx(18 / 20) and first == pytest.approx((2 + 0 + 5 + 5) / 4)
+    with pytest.raises(ValueError, match="at least 2 token ids"):
+        perplexity(model, ids[:1], 16)
+    with pytest.raises(ValueError, match="cannot cut"):
+        prompts_from(ids, 2, 41)

@@ -1,0 +1,44 @@
+"""Fixtures for the vLLM plugin tests: the embedded SmolLM2, a tiny head_dim-128 model, prompts from real text."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    pytest.importorskip("transformers")
+    from multi_turboquant.eval.models import default_model
+
+    return default_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_head128(smollm2: Path, tmp_path_factory) -> Path:
+    """A 2-layer Llama with random weights, head_dim 128 and GQA 4, sharing SmolLM2's tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=49152, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=1, head_dim=128, max_position_embeddings=4096,
+                         bos_token_id=1, eos_token_id=2, torch_dtype="bfloat16")
+    out = tmp_path_factory.mktemp("tiny-head128")
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(smollm2 / name, out / name)
+    return out
+
+
+def text_prompts(tokenizer_dir: Path, n: int, length: int) -> list[list[int]]:
+    """`n` prompts of `length` tokens cut from the default corpus (Debian license texts)."""
+    from transformers import AutoTokenizer
+
+    from multi_turboquant.eval.corpus import load_text
+
+    text, _ = load_text()
+    ids = AutoTokenizer.from_pretrained(tokenizer_dir)(text).input_ids
+    step = len(ids) // n
+    return [ids[i * step:i * step + length] for i in range(n)]

@@ -1,0 +1,178 @@
+"""The plugin's registration, routing, refusals and page sizes, without starting an engine."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+vllm = pytest.importorskip("vllm")
+
+from vllm.config.cache import CacheConfig  # noqa: E402
+from vllm.platforms import current_platform  # noqa: E402
+from vllm.v1.attention.selector import AttentionSelectorConfig  # noqa: E402
+
+from multi_turboquant.formats import FORMATS  # noqa: E402
+from multi_turboquant.kernels import naive  # noqa: E402
+from multi_turboquant.vllm import compat, plugin, state  # noqa: E402
+from multi_turboquant.vllm.backend import MTQAttentionBackend, MTQAttentionImpl, MTQMetadata  # noqa: E402
+from multi_turboquant.vllm.spec import PackedKVSpec  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered():
+    plugin.register()
+
+
+def selector(kv_cache_dtype: str, head_size: int = 64, **kw) -> AttentionSelectorConfig:
+    return AttentionSelectorConfig(head_size=head_size, dtype=torch.bfloat16, kv_cache_dtype=kv_cache_dtype,
+                                   block_size=32, **kw)
+
+
+def test_all_six_names_are_accepted_and_vllm_dtypes_still_are():
+    plugin.register()  # idempotent
+    assert plugin.registered_kv_cache_dtypes() == list(FORMATS)
+    assert len(compat.accepted_cache_dtypes()) == len(set(compat.accepted_cache_dtypes()))
+    for name in (*FORMATS, "auto", "fp8", "turboquant_3bit_nc"):
+        assert CacheConfig(cache_dtype=name).cache_dtype == name
+    with pytest.raises(Exception, match="isoquant9"):
+        CacheConfig(cache_dtype="isoquant9")
+
+
+@pytest.mark.parametrize("version", ["0.28.0", "0.25.1", "1.0.0"])
+def test_unsupported_vllm_version_is_refused_clearly(version, monkeypatch):
+    with pytest.raises(compat.UnsupportedVLLMVersion, match=f"vLLM 0.26.x and 0.27.x; this is vLLM {version}"):
+        compat.check_version(version)
+    monkeypatch.setattr(vllm, "__version__", version)
+    with pytest.raises(compat.UnsupportedVLLMVersion):
+        plugin.register()
+
+
+@pytest.mark.parametrize("version", ["0.26.0", "0.27.1", "0.27.0rc1"])
+def test_supported_versions(version):
+    compat.check_version(version)
+
+
+def test_selector_routes_only_our_formats():
+    for name in FORMATS:
+        assert current_platform.get_attn_backend_cls(None, selector(name)) == plugin.BACKEND
+    assert current_platform.get_attn_backend_cls(None, selector("auto")) != plugin.BACKEND
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"use_mla": True}, "MLA"),
+    ({"has_sink": True}, "sinks"),
+    ({"has_sliding_window": True}, "sliding-window"),
+    ({"head_size": 72}, "head_size 72"),
+    ({"head_size": 576}, "head_size 576"),
+])
+def test_unservable_layers_are_refused_at_engine_build(kw, match):
+    head_size = kw.pop("head_size", 64)
+    with pytest.raises(ValueError, match=match):
+        current_platform.get_attn_backend_cls(None, selector("isoquant3", head_size, **kw))
+
+
+def test_page_is_the_packed_bytes():
+    spec = PackedKVSpec(block_size=32, num_kv_heads=3, head_size=64, dtype=torch.uint8, slot_bytes=52)
+    assert spec.page_size_bytes == 32 * 3 * 52
+    assert PackedKVSpec.merge([spec, spec]).slot_bytes == 52
+    other = PackedKVSpec(block_size=32, num_kv_heads=3, head_size=64, dtype=torch.uint8, slot_bytes=68)
+    with pytest.raises((ValueError, AssertionError)):
+        PackedKVSpec.merge([spec, other])
+
+
+def test_cache_shape_follows_the_active_formats():
+    state.activate("isoquant4", {"multi_turboquant": {"value_format": "turboquant25"}})
+    k, v = FORMATS["isoquant4"].bytes_per_vector(64), FORMATS["turboquant25"].bytes_per_vector(64)
+    assert MTQAttentionBackend.get_kv_cache_shape(10, 32, 3, 64) == (10, 3, 32, k + v)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"sliding_window": 128}, "sliding-window"),
+    ({"alibi_slopes": [1.0] * 4}, "ALiBi"),
+    ({"logits_soft_cap": 30.0}, "soft-capping"),
+    ({"sinks": torch.zeros(4)}, "sinks"),
+])
+def test_impl_refuses_unsupported_features(kw, match):
+    with pytest.raises(ValueError, match=match):
+        MTQAttentionImpl(4, 64, 0.125, 2, kv_cache_dtype="isoquant4", **kw)
+
+
+class Layer(torch.nn.Module):
+    layer_name = "model.layers.3.self_attn.attn"
+
+
+def run_chunks(impl, q, k, v, chunks: list[int], block_table) -> torch.Tensor:
+    """Feed one sequence through store + attention in the given chunk sizes; return all outputs."""
+    state.activate("isoquant4", {})
+    layout = state.layout(64, 2, 16)
+    cache = torch.zeros(layout.shape(8), dtype=torch.uint8)
+    outs, done = [], 0
+    for n in chunks:
+        pos = torch.arange(done, done + n)
+        slots = block_table[0, pos // 16].long() * 16 + pos % 16
+        impl.do_kv_cache_update(Layer(), k[done:done + n], v[done:done + n], cache, slots)
+        meta = MTQMetadata(num_actual_tokens=n, max_query_len=n, max_seq_len=done + n,
+                           query_start_loc=torch.tensor([0, n]), seq_lens=torch.tensor([done + n]),
+                           block_table=block_table, slot_mapping=slots)
+        out = torch.full((n, 4 * 64), float("nan"))
+        outs.append(impl.forward(Layer(), q[done:done + n].reshape(n, -1), None, None, cache, meta, out))
+        done += n
+    return torch.cat(outs)
+
+
+def test_chunked_prefill_and_decode_match_one_prefill():
+    torch.manual_seed(0)
+    impl = MTQAttentionImpl(4, 64, 0.125, 2, kv_cache_dtype="isoquant4")
+    q, k, v = torch.randn(40, 4, 64), torch.randn(40, 2, 64), torch.randn(40, 2, 64)
+    table = torch.tensor([[5, 1, 7]], dtype=torch.int32)
+    whole = run_chunks(impl, q, k, v, [40], table)
+    chunked = run_chunks(impl, q, k, v, [17, 20, 1, 1, 1], table)
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(whole).all()
+    cache = torch.zeros(state.layout(64, 2, 16).shape(8), dtype=torch.uint8)
+    naive.store(k, v, cache, (table[0, torch.arange(40) // 16].long() * 16 + torch.arange(40) % 16),
+                state.layout(64, 2, 16))
+    ref = naive.paged_attention(q, cache, state.layout(64, 2, 16), table, torch.tensor([40]),
+                                torch.tensor([0, 40]), 0.125)
+    torch.testing.assert_close(whole.reshape(40, 4, 64), ref)
+
+
+def write_calibration(path, layers: int, heads: int = 2, head_dim: int = 64):
+    from multi_turboquant.formats.calibration import save_calibration
+    from multi_turboquant.formats.params import ChannelParams
+
+    torch.manual_seed(1)
+    params = [(ChannelParams(offset=torch.randn(heads, head_dim), scale=torch.rand(heads, head_dim) + 0.5,
+                             outliers=torch.arange(8).repeat(heads, 1)),
+               ChannelParams(offset=torch.randn(heads, head_dim))) for _ in range(layers)]
+    save_calibration(path, params, head_dim=head_dim, num_kv_heads=heads, model="test", corpus="random")
+    return params
+
+
+def test_calibration_is_checked_against_the_model_at_build(tmp_path):
+    path = tmp_path / "turboquant_kv.json"
+    write_calibration(path, layers=4)
+    config = {"multi_turboquant": {"calibration": str(path)}}
+    state.activate("isoquant4", config, (4, 2, 64))
+    with pytest.raises(ValueError, match="4 layers x 2 KV heads of head_dim 64; this model has 30 x 3 of 64"):
+        state.activate("isoquant4", config, (30, 3, 64))
+
+
+def test_calibration_reaches_the_layer_per_format_family(tmp_path):
+    path = tmp_path / "turboquant_kv.json"
+    params = write_calibration(path, layers=4)
+    state.activate("turboquant35", {"multi_turboquant": {"calibration": str(path), "value_format": "isoquant3"}})
+    key, value = state.channel_params("model.layers.2.self_attn.attn")
+    assert torch.equal(key.outliers, params[2][0].outliers) and key.scale is None  # TurboQuant keys: no scale
+    assert torch.equal(value.offset, params[2][1].offset)
+    impl = MTQAttentionImpl(4, 64, 0.125, 2, kv_cache_dtype="turboquant35")
+    layout = state.layout(64, 2, 16)
+    cache = torch.zeros(layout.shape(4), dtype=torch.uint8)
+    k = torch.randn(16, 2, 64)
+    impl.do_kv_cache_update(type("L", (), {"layer_name": "model.layers.2.self_attn.attn"})(), k, k, cache,
+                            torch.arange(16))
+    plain = torch.zeros_like(cache)
+    naive.store(k, k, plain, torch.arange(16), layout)
+    assert not torch.equal(cache, plain)  # the calibration changed the records
+    calibrated = torch.zeros_like(cache)
+    naive.store(k, k, calibrated, torch.arange(16), layout, key, value)
+    assert torch.equal(cache, calibrated)
