@@ -30,6 +30,9 @@ def _throughput(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # before vLLM configures its logger: our progress only
     try:
         import vllm  # noqa: F401
     except ImportError:

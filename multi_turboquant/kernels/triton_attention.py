@@ -15,7 +15,6 @@ import triton
 import triton.language as tl
 
 from ..formats.params import ChannelParams
-from ..formats.registry import get_format
 from .feature_space import FeatureMaps, build_feature_maps, per_head_matmul
 from .layout import KVCacheLayout
 from .naive import check_cache
@@ -216,17 +215,9 @@ def _num_splits(programs: int, max_seq_len: int, device: torch.device) -> int:
     return max(1, min(want, triton.cdiv(max_seq_len, MIN_SPLIT_TOKENS), 64))
 
 
-# IsoQuant/PlanarQuant records at head_dim 128 and 256 fault with "misaligned address" on the H100 (Triton 3.6;
-# BENCHMARKS.md, "vLLM 0.26.0 (CUDA) on the H100"); until that is fixed, those layouts take the torch reference path.
-GPU_VERIFIED_BLOCK_ROTATION_HEAD_DIMS = (32, 64)
-
-
 def check_layout(layout: KVCacheLayout) -> None:
-    """ValueError unless this kernel serves the layout on a GPU (head_dim, and formats verified there)."""
+    """ValueError unless this kernel serves the layout's head_dim."""
     check_head_dim(layout.head_dim)
-    for name in (layout.key_format, layout.value_format):
-        if get_format(name).family != "turboquant" and layout.head_dim not in GPU_VERIFIED_BLOCK_ROTATION_HEAD_DIMS:
-            raise ValueError(f"triton attention: {name} at head_dim {layout.head_dim} is not verified on GPUs yet")
 
 
 def paged_attention(

@@ -39,9 +39,11 @@ def _plane(rows, valid, OFF: tl.constexpr, N: tl.constexpr, W: tl.constexpr):
     """Raw words of the W-bit plane of N codes at byte OFF: (BLOCK_N, N*W/16) int16 (W = 1: (BLOCK_N, N/8) uint8)."""
     if W == 1:
         x = tl.load(rows[:, None] + (OFF + tl.arange(0, N // 8))[None, :], mask=valid[:, None], other=0)
-    else:
-        words = (rows + OFF).to(tl.pointer_type(tl.int16))
-        x = tl.load(words[:, None] + tl.arange(0, N * W // 16)[None, :], mask=valid[:, None], other=0)
+    else:  # 16-bit words from two byte loads: int16 pointer loads faulted on the H100 (misaligned address, d=128)
+        at = rows[:, None] + (OFF + 2 * tl.arange(0, N * W // 16))[None, :]
+        lo = tl.load(at, mask=valid[:, None], other=0).to(tl.int16) & 0xFF
+        hi = tl.load(at + 1, mask=valid[:, None], other=0).to(tl.int16)
+        x = lo | (hi << 8)
     return x
 
 

@@ -54,7 +54,7 @@ def demo(model: str | None = None, max_tokens: int = 40) -> int:
     from ..eval.models import default_model
     from .engine import build_llm, capacity_tokens, ideal_ratio
 
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     model = str(model or default_model())
     names = ["auto", *FORMATS]
     rows = []
