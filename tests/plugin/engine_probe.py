@@ -4,7 +4,7 @@ usage: python engine_probe.py OUT.json CONFIGS.json
 Each config: {"name", "model", "kv_cache_dtype", "plugin_config"?, "prompts": [[token ids]...], "max_tokens",
 "max_num_batched_tokens"? (default 512; smaller values chunk the prefills)}.
 Per config it records the KV capacity, the greedy tokens of all prompts run together (concurrent sequences), and
-those of the first half again, whose full blocks are then prefix-cache hits.
+those of the first half of the prompts again (half as many tokens), whose full blocks are then prefix-cache hits.
 """
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ def probe(config: dict) -> dict:
     init_s = time.perf_counter() - start
     params = SamplingParams(max_tokens=config["max_tokens"], temperature=0.0)
     prompts = [TokensPrompt(prompt_token_ids=p) for p in config["prompts"]]
-    runs = [llm.generate(p, params, use_tqdm=False) for p in (prompts, prompts[:len(prompts) // 2])]
+    again = SamplingParams(max_tokens=max(1, config["max_tokens"] // 2), temperature=0.0)
+    runs = [llm.generate(prompts, params, use_tqdm=False),
+            llm.generate(prompts[:len(prompts) // 2], again, use_tqdm=False)]
     result = {
         "name": config["name"],
         "capacity_tokens": capacity_tokens(llm),
