@@ -39,6 +39,7 @@ def _model(args: argparse.Namespace) -> str:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # before vLLM configures its logger
     from .engine import build_llm
 
     if args.kv_cache_dtype != "auto":
