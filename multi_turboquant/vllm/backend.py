@@ -14,13 +14,14 @@ from vllm.v1.attention.backend import (
     MultipleOf,
 )
 
+from ..formats.base import HEAD_DIM_MULTIPLE, MAX_HEAD_DIM, MIN_HEAD_DIM
 from ..formats.params import ChannelParams
 from ..formats.registry import FORMATS
 from ..kernels import ops
 from ..kernels.layout import KVCacheLayout
 from . import state
 
-HEAD_SIZES = list(range(16, 513, 16))
+HEAD_SIZES = list(range(MIN_HEAD_DIM, MAX_HEAD_DIM + 1, HEAD_DIM_MULTIPLE))
 
 
 class MTQAttentionBackend(AttentionBackend):

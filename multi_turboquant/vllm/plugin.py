@@ -38,9 +38,10 @@ def _check_layer(cfg) -> None:
     if refused:
         raise ValueError(f"kv_cache_dtype={name!r} (multi-turboquant) does not support {', '.join(refused)} "
                          "in this model; use another kv_cache_dtype")
-    if not FORMATS[name].supports(cfg.head_size):
-        raise ValueError(f"kv_cache_dtype={name!r} does not support head_size {cfg.head_size} "
-                         "(supported: multiples of 16 from 16 to 512)")
+    try:
+        FORMATS[name].check_head_dim(cfg.head_size)
+    except ValueError as e:
+        raise ValueError(f"kv_cache_dtype={name!r} does not support head_size {cfg.head_size} ({e})") from None
 
 
 def _activate(vllm_config) -> state.Settings:
