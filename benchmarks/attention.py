@@ -32,6 +32,7 @@ from multi_turboquant.kernels import naive  # noqa: E402
 from multi_turboquant.kernels.layout import KVCacheLayout  # noqa: E402
 from multi_turboquant.kernels import triton_decode  # noqa: E402
 from multi_turboquant.kernels.triton_attention import paged_attention  # noqa: E402
+from multi_turboquant.kernels.triton_common import record_spec  # noqa: E402
 
 QUERY_HEADS = 32
 SCALE_BYTES_AT = {"turboquant": 4, "isoquant": 2, "planarquant": 2}  # record tail holding the bf16 scale
@@ -234,8 +235,9 @@ def run_case(args, base, d, hkv, ctx, batch, gen, flush) -> list[dict]:
         layout = KVCacheLayout(fmt, fmt, d, hkv, bs)
         cache = random_packed_cache(layout, batch * pages, gen)
         out = torch.empty_like(query)
-        triton_decode.BLOCK_N, triton_decode.NUM_WARPS = block_n, warps
-        print(f"# {fmt} d={d} ctx={ctx} batch={batch}: block_n {block_n}, {warps} warps (compiling on first use)",
+        triton_decode.TILE = (block_n, warps) if block_n else None
+        print(f"# {fmt} d={d} ctx={ctx} batch={batch}: tile {triton_decode.tile(*[record_spec(fmt, d)] * 2)} "
+              "(compiling on first use)",
               flush=True)
         fn = lambda: paged_attention(query, cache, layout, table, seq_lens, qsl, scale,  # noqa: E731
                                      max_query_len=1, max_seq_len=ctx, out=out)
@@ -298,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--check-only", action="store_true", help="skip the timing sweep")
     p.add_argument("--no-store", dest="store", action="store_false", help="skip the store kernel's timing")
     args = p.parse_args(argv)
-    args.tile = args.tile or [(triton_decode.BLOCK_N, triton_decode.NUM_WARPS)]
+    args.tile = args.tile or [(0, 0)]  # 0: the per-format default (triton_decode.tile)
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/attention.py needs a CUDA GPU")
     if args.check:

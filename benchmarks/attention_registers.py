@@ -55,13 +55,13 @@ def compile_decode(fmt: str, head_dim: int, block_n: int, warps: int, group: int
     """PTX of the decode kernel for `fmt` (keys and values) as a split-KV decode launch would compile it."""
     layout = KVCacheLayout(fmt, fmt, head_dim, hkv, 16)
     spec = record_spec(fmt, head_dim)
-    triton_decode.BLOCK_N = block_n
+    triton_decode.TILE = (block_n, warps) if block_n else None
     cx = triton_decode.constexprs(layout, spec, spec, group, torch.float16, single=False, has_new=False)
     fn = triton_decode.decode_kernel
     sig = {n: POINTERS.get(n) or ("constexpr" if n in cx else "i32") for n in fn.arg_names}
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in POINTERS}
     kernel = triton.compile(ASTSource(fn, sig, cx, attrs), target=GPUTarget("cuda", 90, 32),
-                            options={"num_warps": warps, "num_stages": 1})
+                            options={"num_warps": triton_decode.tile(spec, spec)[1], "num_stages": 1})
     return kernel.asm["ptx"]
 
 
@@ -72,10 +72,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tile", type=int, nargs=2, action="append", metavar=("BLOCK_N", "NUM_WARPS"))
     args = p.parse_args(argv)
     for d in args.head_dims:
-        for block_n, warps in args.tile or [(triton_decode.BLOCK_N, triton_decode.NUM_WARPS)]:
+        for block_n, warps in args.tile or [(0, 0)]:  # 0: the per-format default
             for fmt in args.formats:
                 ptx = compile_decode(fmt, d, block_n, warps)
-                print(f"{fmt} d={d} BLOCK_N={block_n} warps={warps}: {ptxas_report(ptx)}; "
+                print(f"{fmt} d={d} tile={triton_decode.tile(*[record_spec(fmt, d)] * 2)}: {ptxas_report(ptx)}; "
                       f"byte-wide shared accesses: {len(BYTE_SHARED.findall(ptx))}", flush=True)
 
 

@@ -12,6 +12,7 @@ COMMAND_MODULES = (
     "multi_turboquant.windows.cli",
     "multi_turboquant.loader.cli",
     "multi_turboquant.vllm.cli",
+    "multi_turboquant.serve.cli",
 )
 
 

@@ -1,9 +1,68 @@
-"""Session-wide test setup."""
+"""Session-wide test setup; the embedded SmolLM2 and an HTTP-server runner shared by the plugin and server tests."""
+import contextlib
 import os
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     # Triton kernels run in Triton's interpreter on CPU-only machines; this must be set before anything
     # (vLLM included) imports triton, so it lives here rather than in tests/kernels.
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+SERVER_START_TIMEOUT_S = 600
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """The embedded SmolLM2-135M-Instruct as a bf16 folder (converted once into ~/.cache/multi-turboquant)."""
+    pytest.importorskip("transformers")
+    from multi_turboquant.eval.models import default_model
+
+    return default_model()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _serving(cmd: list[str], log: Path) -> Iterator[str]:
+    port = _free_port()
+    with log.open("w") as out:
+        server = subprocess.Popen([*cmd, "--host", "127.0.0.1", "--port", str(port)], stdout=out,
+                                  stderr=subprocess.STDOUT, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while True:
+            assert server.poll() is None, log.read_text()[-4000:]
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "server did not come up"
+                time.sleep(1)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+@pytest.fixture(scope="session")
+def serving() -> Callable[[list[str], Path], AbstractContextManager[str]]:
+    """serving(cmd, log): runs `cmd --host 127.0.0.1 --port PORT` (a free port; VLLM_CPU_KVCACHE_SPACE=1, output
+    to `log`) until GET /health answers, yields its root URL, and stops it on exit."""
+    return _serving

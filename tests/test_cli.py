@@ -17,7 +17,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def test_help_lists_every_command():
     out = run("--help")
     assert out.returncode == 0
-    for cmd in ("formats", "bench", "demo"):
+    for cmd in ("formats", "bench", "demo", "serve", "loadtest"):
         assert cmd in out.stdout
 
 

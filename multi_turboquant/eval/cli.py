@@ -50,9 +50,22 @@ def _model_and_text(args: argparse.Namespace):
     from .hooks import load_model
     from .models import default_model
 
-    lm = load_model(args.model or default_model())
+    lm = load_model(args.model or default_model(), args.device)
     text, source = load_text(args.text)
     return lm, torch.tensor(lm.tokenizer(text).input_ids), source
+
+
+def _pairs(spec: str) -> tuple[tuple[str, str], ...]:
+    """--pairs "isoquant4:turboquant25,..." -> ((key format, value format), ...), names checked."""
+    from ..formats import get_format
+
+    pairs = []
+    for item in filter(None, (i.strip() for i in spec.split(","))):
+        names = item.split(":")
+        if len(names) != 2:
+            raise ValueError(f"--pairs takes KEY_FORMAT:VALUE_FORMAT items, got {item!r}")
+        pairs.append(tuple(get_format(n).name for n in names))
+    return tuple(pairs)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -61,7 +74,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     lm, ids, source = _model_and_text(args)
     _, calib_ids = split_tokens(ids, 2, args.tokens)
-    cal = calibrate(lm, calib_ids, args.window, args.outliers, args.out, source)
+    cal = calibrate(lm, calib_ids, args.window, args.outliers, args.out, source, args.sink_weight)
     print(f"wrote {args.out}: {cal.num_layers} layers x {cal.num_kv_heads} KV heads, head_dim {cal.head_dim}, "
           f"K/V offset, scale and {args.outliers} outlier channels from {cal.corpus}")
     return 0
@@ -77,7 +90,7 @@ def _eval_quality(args: argparse.Namespace) -> int:
     from .calibrate import calibrate
     from .corpus import split_tokens
     from .metrics import prompts_from
-    from .quality import evaluate, render, schemes, write
+    from .quality import RowPlan, Task, evaluate, render, write
 
     formats = args.formats.split(",") if args.formats else list(FORMATS_DEFAULT)
     for name in formats:
@@ -95,31 +108,47 @@ def _eval_quality(args: argparse.Namespace) -> int:
     elif args.no_calibration:
         cal = None
     else:
-        cal = calibrate(lm, calib_ids, args.window, args.outliers, out / "turboquant_kv.json", source)
+        cal = calibrate(lm, calib_ids, args.window, args.outliers, out / "turboquant_kv.json", source, args.sink_weight)
     prompts = prompts_from(eval_ids, args.prompts, args.prompt_tokens) if args.prompts else None
     if args.calibrated_only and cal is None:
         raise ValueError("--calibrated-only contradicts --no-calibration")
-    rows = schemes(formats, calibrated=cal is not None, uncalibrated=not args.calibrated_only, peers=not args.no_peers)
-    if args.variants:
-        from .variants import variant_schemes
-
-        if cal is None:
-            raise ValueError("--variants are calibrated rows; drop --no-calibration")
-        rows += variant_schemes(formats)
+    plan = RowPlan(tuple(formats), calibrated=cal is not None, uncalibrated=not args.calibrated_only,
+                   peers=not args.no_peers, variants=args.variants, pairs=_pairs(args.pairs))
+    if args.variants and cal is None:
+        raise ValueError("--variants are calibrated rows; drop --no-calibration")
+    if args.jobs < 1 or args.exact_first < 0:
+        raise ValueError(f"--jobs must be at least 1 and --exact-first at least 0, got {args.jobs}, {args.exact_first}")
     meta = {
         "model": str(lm.path), "corpus": source, "eval_tokens": int(eval_ids.numel()), "window": args.window,
         "calibration": cal.corpus if cal else None, "prompts": args.prompts, "prompt_tokens": args.prompt_tokens,
-        "new_tokens": args.new_tokens, "keep_bf16": sorted(keep), "machine": platform.processor() or platform.machine(),
+        "new_tokens": args.new_tokens, "keep_bf16": sorted(keep), "exact_first": args.exact_first,
+        "device": str(lm.device),
+        "machine": platform.processor() or platform.machine(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "title": f"{lm.path.name}: {eval_ids.numel()} tokens, {len(keep)} layers kept in bf16",
+        "title": f"{lm.path.name}: {eval_ids.numel()} tokens, {len(keep)} layers kept in bf16, "
+                 f"first {args.exact_first} positions exact",
     }
-    results = evaluate(lm, rows, eval_ids, args.window, prompts, args.new_tokens, cal, keep,
-                       done=lambda partial: write(partial, out, meta))
+    task = Task(eval_ids, args.window, prompts, args.new_tokens, cal, keep, args.exact_first)
+    results = evaluate(lm, plan, task, args.jobs, done=lambda partial: write(partial, out, meta))
     print(f"model {lm.path}; corpus: {source}, {eval_ids.numel()} tokens in windows of {args.window}; "
-          f"calibration: {meta['calibration']}; layers kept in bf16: {sorted(keep) or 'none'}\n")
+          f"calibration: {meta['calibration']}; layers kept in bf16: {sorted(keep) or 'none'}; "
+          f"first positions exact: {args.exact_first}\n")
     print(render(results))
     print("\nwrote " + ", ".join(str(p) for p in write(results, out, meta)))
     return 0
+
+
+def _calibration_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--outliers", type=int, default=32, help="outlier channels per KV head (at most head_dim/2)")
+    parser.add_argument("--sink-weight", type=float, default=0.0,
+                        help="widen the key scale toward the attention sink's key: sqrt(RMS^2 + W (sink - mean)^2)")
+
+
+def _device_option(parser: argparse.ArgumentParser) -> None:
+    from .hooks import default_device
+
+    parser.add_argument("--device", default=default_device(), help="torch device of the model and the codecs "
+                                                                   "(default: cuda if available, else cpu)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -150,13 +179,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--new-tokens", type=int, default=64)
     e.add_argument("--calibration", help="turboquant_kv.json to use (default: calibrate on the end of the text)")
     e.add_argument("--calib-tokens", type=int, default=4096, help="calibration tokens (from the end of the text)")
-    e.add_argument("--outliers", type=int, default=32, help="outlier channels per KV head when calibrating")
+    _calibration_options(e)
     e.add_argument("--no-calibration", action="store_true", help="uncalibrated rows only")
     e.add_argument("--calibrated-only", action="store_true", help="leave out the uncalibrated format rows")
     e.add_argument("--variants", action="store_true",
                    help="add prototype rows: MSE-only TurboQuant, K only, V only, first token exact")
     e.add_argument("--no-peers", action="store_true", help="leave out fp8/int8/int4 and the vLLM presets")
     e.add_argument("--keep-bf16", default="", help="comma-separated layers kept in bf16 for every row")
+    e.add_argument("--exact-first", type=int, default=0,
+                   help="first N positions of every sequence stored exactly in every row (the attention sink; a "
+                        "policy the vLLM plugin does not carry yet)")
+    e.add_argument("--pairs", default="", help="extra rows with keys and values in different formats, "
+                                               "e.g. isoquant4:turboquant25 (the plugin's value_format)")
+    e.add_argument("--jobs", type=int, default=1, help="worker processes measuring rows in parallel (each loads "
+                                                       "the model; on a GPU the rows are CPU-bound)")
+    _device_option(e)
     e.add_argument("--out", default="quality-results", help="folder for quality.json/.csv/.png")
     e.set_defaults(func=_eval_quality)
     c = sub.add_parser("calibrate", help="write turboquant_kv.json from real K/V of a model")
@@ -164,8 +201,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--text", help="UTF-8 text file (default: Debian base-files license texts)")
     c.add_argument("--tokens", type=int, default=4096, help="calibration tokens (from the end of the text)")
     c.add_argument("--window", type=int, default=1024)
-    c.add_argument("--outliers", type=int, default=32, help="outlier channels per KV head (at most head_dim/2)")
+    _calibration_options(c)
     c.add_argument("--out", default="turboquant_kv.json")
+    _device_option(c)
     c.set_defaults(func=_calibrate)
     d = sub.add_parser("demo", help="the main job: the embedded model in vLLM with `auto` and each format, "
                                     "KV capacity and a sample completion each")

@@ -20,6 +20,7 @@ from .codecs import BF16, Codec
 
 ATTENTION_NAME = "mtq_kv"
 Stream = Callable[[torch.Tensor], torch.Tensor]  # (..., heads, d) -> same
+Observer = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]  # (layer, q, k, v), (B, heads, T, d)
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class Scheme:
     name: str
     key: Codec
     value: Codec
-    kind: str = "format"  # "format", "peer" (vLLM presets), "baseline" or "variant" (eval/variants.py)
+    kind: str = "format"  # "format", "peer" (vLLM presets), "baseline", "pair" (K/V formats differ) or "variant"
     calibrated: bool = False
     exact_prefix: int = 0  # first positions of a sequence kept exact (not a policy the plugin carries)
 
@@ -46,16 +47,25 @@ def _stream(codec: Codec, params: ChannelParams | None) -> Stream:
     return lambda x: codec.roundtrip(x, params)
 
 
+def _on_device(params: ChannelParams | None, device: torch.device | str) -> ChannelParams | None:
+    """The calibration tensors moved once to the model's device (not on every call)."""
+    if params is None:
+        return None
+    return ChannelParams(*(None if t is None else t.to(device) for t in (params.offset, params.scale, params.outliers)))
+
+
 @dataclass
 class KVHook:
     """The attention function; `layers` maps a layer index to (key stream, value stream), None = as computed."""
 
     layers: dict[int, tuple[Stream | None, Stream | None]] = field(default_factory=dict)
     exact_prefix: int = 0
+    observe: Observer | None = None  # sees each layer's post-RoPE query, key and value before quantization
 
     def use(self, scheme: Scheme, num_layers: int, calibration: Calibration | None = None,
-            keep_bf16: frozenset[int] = frozenset()) -> None:
-        """Store every layer's K/V with `scheme` (layers in keep_bf16 as bf16), calibrated if given."""
+            keep_bf16: frozenset[int] = frozenset(), device: torch.device | str = "cpu") -> None:
+        """Store every layer's K/V with `scheme` (layers in keep_bf16 as bf16), calibrated if given; the
+        calibration tensors go to `device` (the model's)."""
         if calibration is not None and calibration.num_layers != num_layers:
             raise ValueError(f"calibration has {calibration.num_layers} layers, the model {num_layers}")
         self.layers, self.exact_prefix = {}, scheme.exact_prefix
@@ -66,12 +76,15 @@ class KVHook:
             streams = []
             for j, codec in enumerate((scheme.key, scheme.value)):
                 calibrated = calibration is not None and scheme.calibrated and codec.family in FAMILY_FIELDS
-                streams.append(_stream(codec, calibration.layer(i, codec.family)[j] if calibrated else None))
+                params = calibration.layer(i, codec.family)[j] if calibrated else None
+                streams.append(_stream(codec, _on_device(params, device)))
             self.layers[i] = tuple(streams)
 
     def __call__(self, module, query, key, value, attention_mask, **kwargs):
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+        if self.observe is not None:
+            self.observe(module.layer_idx, query, key, value)
         total = key.shape[2]
         start = max(total - query.shape[2], min(self.exact_prefix, total))  # first new position to store
         for t, fn in zip((key, value), self.layers.get(module.layer_idx, (None, None))):
@@ -89,6 +102,10 @@ class LoadedModel:
     path: Path
 
     @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
     def num_layers(self) -> int:
         return self.model.config.num_hidden_layers
 
@@ -102,9 +119,27 @@ class LoadedModel:
         return getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
 
 
-def load_model(path: str | Path) -> LoadedModel:
-    """A local Hugging Face causal-LM folder in float32 with the KV hook installed (never a hub download)."""
+def default_device() -> str:
+    """"cuda" where a GPU is visible, else "cpu"."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: torch.device | str) -> torch.device:
+    """torch.device(device), ValueError when it is not a device name or not present here."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"bad device {device!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: no CUDA GPU is visible to torch {torch.__version__}")
+    return dev
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
+    """A local Hugging Face causal-LM folder in float32 on `device` with the KV hook installed (never a hub
+    download)."""
     p = Path(path).expanduser()
+    device = check_device(device)
     if not (p / "config.json").is_file():
         raise ValueError(f"{str(p)!r} is not a Hugging Face model folder (no config.json)")
     try:
@@ -116,4 +151,4 @@ def load_model(path: str | Path) -> LoadedModel:
     tok = AutoTokenizer.from_pretrained(p, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32, attn_implementation=ATTENTION_NAME,
                                                  local_files_only=True)
-    return LoadedModel(tok, model.eval(), hook, p)
+    return LoadedModel(tok, model.to(device).eval(), hook, p)

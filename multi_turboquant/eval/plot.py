@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 STYLE = {"format": ("o", "tab:blue"), "peer": ("s", "tab:red"), "baseline": ("^", "tab:gray"),
-         "variant": ("x", "tab:green")}
+         "variant": ("x", "tab:green"), "pair": ("D", "tab:purple")}
 LABELS = {"format": "multi-turboquant formats", "peer": "vLLM TurboQuant presets", "baseline": "fp8 / int8 / int4",
-          "variant": "spec v2 prototypes and ablations"}
+          "variant": "spec v2 prototypes and ablations", "pair": "keys and values in different formats"}
 
 
 def plot_dppl(results: list, path: str | Path, title: str = "") -> Path | None:

@@ -73,13 +73,18 @@ def hadamard(d: int) -> torch.Tensor:
     return h / math.sqrt(d)
 
 
+@lru_cache(maxsize=None)
+def _key_tables(d: int, bits: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(centroids, midpoints, Hadamard) on `device`, copied there once."""
+    return tuple(t.to(device) for t in (*lloyd_max(d, bits), hadamard(d)))  # type: ignore[return-value]
+
+
 def mse_key(x: torch.Tensor, bits: int, norm_correction: bool) -> torch.Tensor:
     """What vLLM's decoder reads back for MSE-quantized keys (..., d)."""
     d = x.shape[-1]
     if d & (d - 1):
         raise ValueError(f"vLLM TurboQuant presets need a power-of-two head_dim, got {d}")
-    centroids, mids = lloyd_max(d, bits)
-    h = hadamard(d)
+    centroids, mids, h = _key_tables(d, bits, x.device)
     norm = x.norm(dim=-1, keepdim=True)
     codes = torch.bucketize((x / (norm + 1e-8)) @ h, mids, right=True)
     c = centroids[codes]

@@ -3,17 +3,18 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
 from ..formats.calibration import Calibration
 from .codecs import BF16, FP8, INT4, INT8, format_codec
-from .hooks import LoadedModel, Scheme
+from .hooks import LoadedModel, Scheme, load_model
 from .metrics import agreement, greedy, perplexity
 from .presets import PRESETS, preset_codecs
 
@@ -48,31 +49,109 @@ def schemes(formats: list[str], calibrated: bool, uncalibrated: bool = True, pee
     return rows
 
 
-def evaluate(lm: LoadedModel, rows: list[Scheme], ids: torch.Tensor, window: int, prompts: torch.Tensor | None,
-             new_tokens: int, calibration: Calibration | None = None, keep_bf16: frozenset[int] = frozenset(),
+def pair_schemes(pairs: tuple[tuple[str, str], ...], calibrated: bool) -> list[Scheme]:
+    """Rows storing keys in one format and values in another (the plugin's `value_format`)."""
+    rows = []
+    for k, v in pairs:
+        name = f"K {k} / V {v}" + (" +calib" if calibrated else "")
+        rows.append(Scheme(name, format_codec(k), format_codec(v), "pair", calibrated=calibrated))
+    return rows
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """Which rows a run measures. Plain data, so worker processes rebuild the same schemes from it."""
+
+    formats: tuple[str, ...]
+    calibrated: bool
+    uncalibrated: bool = True
+    peers: bool = True
+    variants: bool = False
+    pairs: tuple[tuple[str, str], ...] = ()  # (key format, value format)
+
+    def schemes(self) -> list[Scheme]:
+        rows = schemes(list(self.formats), self.calibrated, self.uncalibrated, self.peers)
+        rows += pair_schemes(self.pairs, self.calibrated)
+        if self.variants:
+            from .variants import variant_schemes
+
+            rows += variant_schemes(list(self.formats))
+        return rows
+
+
+@dataclass(frozen=True)
+class Task:
+    """What every row is measured on (CPU tensors; each measurement moves them to the model's device)."""
+
+    ids: torch.Tensor
+    window: int
+    prompts: torch.Tensor | None = None
+    new_tokens: int = 0
+    calibration: Calibration | None = None
+    keep_bf16: frozenset[int] = frozenset()
+    exact_first: int = 0  # first positions of every sequence stored exactly in every row (the attention sink)
+
+
+Measurement = tuple[float, torch.Tensor | None, float]  # perplexity, greedy tokens (CPU) or None, seconds
+
+
+def measure(lm: LoadedModel, scheme: Scheme, task: Task) -> Measurement:
+    """(perplexity, greedy tokens on the CPU or None, seconds) of one scheme."""
+    t0 = time.perf_counter()
+    scheme = replace(scheme, exact_prefix=max(scheme.exact_prefix, task.exact_first))
+    lm.hook.use(scheme, lm.num_layers, task.calibration if scheme.calibrated else None, task.keep_bf16, lm.device)
+    try:
+        ppl = perplexity(lm.model, task.ids.to(lm.device), task.window)
+        tokens = None if task.prompts is None else greedy(lm.model, task.prompts.to(lm.device), task.new_tokens).cpu()
+    finally:
+        lm.hook.layers = {}
+    return ppl, tokens, time.perf_counter() - t0
+
+
+_WORKER: dict = {}  # per worker process: its model, rows and task (set once by _start_worker)
+
+
+def _start_worker(path: Path, device: str, plan: RowPlan, task: Task) -> None:
+    torch.set_num_threads(1)  # the workers share the machine's cores
+    _WORKER.update(lm=load_model(path, device), rows=plan.schemes(), task=task)
+
+
+def _measure_in_worker(i: int) -> Measurement:
+    return measure(_WORKER["lm"], _WORKER["rows"][i], _WORKER["task"])
+
+
+def _measurements(lm: LoadedModel, plan: RowPlan, task: Task, jobs: int) -> Iterator[Measurement]:
+    """Each row's measurement in row order, in this process or in `jobs` worker processes (each loads the model:
+    the rows are bound by Python dispatch of the reference codec's many small operations, not by the device)."""
+    rows = plan.schemes()
+    if jobs <= 1:
+        yield from (measure(lm, s, task) for s in rows)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(min(jobs, len(rows)), _start_worker, (lm.path, str(lm.device), plan, task)) as pool:
+        yield from pool.imap(_measure_in_worker, range(len(rows)))
+
+
+def evaluate(lm: LoadedModel, plan: RowPlan, task: Task, jobs: int = 1,
              log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
              done: Callable[[list[Result]], None] = lambda results: None) -> list[Result]:
-    """One Result per scheme; ΔPPL and agreement are against the first row (bf16). `done` gets the
+    """One Result per row of the plan; ΔPPL and agreement are against the first row (bf16). `done` gets the
     results so far after each row (to save partial runs)."""
-    if not rows or rows[0].name != REFERENCE:
+    rows = plan.schemes()
+    if rows[0].name != REFERENCE:
         raise ValueError(f"the first scheme must be the {REFERENCE} reference")
-    if any(r.calibrated for r in rows) and calibration is None:
+    if any(r.calibrated for r in rows) and task.calibration is None:
         raise ValueError("calibrated rows need a calibration")
     d, heads = lm.head_dim, lm.num_kv_heads
     out: list[Result] = []
     ref_ppl = ref_tokens = None
-    for s in rows:
-        t0 = time.perf_counter()
-        lm.hook.use(s, lm.num_layers, calibration if s.calibrated else None, keep_bf16)
-        ppl = perplexity(lm.model, ids, window)
-        tokens = greedy(lm.model, prompts, new_tokens) if prompts is not None else None
-        lm.hook.layers = {}
+    for s, (ppl, tokens, seconds) in zip(rows, _measurements(lm, plan, task, jobs)):
         if ref_ppl is None:
             ref_ppl, ref_tokens = ppl, tokens
         agree, first = agreement(ref_tokens, tokens) if tokens is not None else (None, None)
         out.append(Result(s.name, s.kind, s.calibrated, round(s.bits(d), 4), s.nbytes(d) * heads, ppl,
                           100 * (ppl / ref_ppl - 1), None if agree is None else 100 * agree, first))
-        log(f"{s.name}: ppl {ppl:.4f} ({out[-1].dppl_pct:+.2f}%), {time.perf_counter() - t0:.0f} s")
+        log(f"{s.name}: ppl {ppl:.4f} ({out[-1].dppl_pct:+.2f}%), {seconds:.0f} s")
         done(out)
     return out
 

@@ -27,6 +27,7 @@ BLOCK_N = 32  # KV positions per inner step of the prefill kernel
 NUM_WARPS = 4
 PREFILL_ROWS = 32  # query rows (tokens x group heads) per prefill tile
 MIN_SPLIT_TOKENS = 256  # a split covers at least this many positions
+_MAP_BLOCK = 32  # feature columns per step of the query and output map kernels
 LOG2E = 1.4426950408889634
 
 
@@ -73,7 +74,7 @@ def _find_sequence(qsl, tile, num_seqs, TOK: tl.constexpr):
     return lo - 1
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["bt_stride", "num_seqs", "num_rows", "num_splits"])  # no recompiles per batch
 def _attention_kernel(
     q_ptr, cache_ptr, bt_ptr, seq_lens_ptr, qsl_ptr, nk_ptr, nv_ptr, table, out_ptr, m_ptr, l_ptr,
     bt_stride, num_seqs, num_rows, num_splits,
@@ -141,7 +142,25 @@ def _attention_kernel(
                 VNA, VNB, VNC, SINGLE)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["scale", "q_s0", "q_s1"])
+def _query_kernel(q_ptr, map_ptr, qf_ptr, scale, q_s0, q_s1, HKV: tl.constexpr, G: tl.constexpr,
+                  GP: tl.constexpr, D: tl.constexpr, F: tl.constexpr, FB: tl.constexpr, MAP_STRIDE: tl.constexpr,
+                  PREC: tl.constexpr):
+    """qf[t, h, :, block f] = (q[t, query heads of KV head h] * scale) @ map[h][:, block f] (D x FB): one program
+    per (token, KV head, FB features)."""
+    t = tl.program_id(0)
+    h = tl.program_id(1)
+    f = tl.program_id(2) * FB + tl.arange(0, FB)
+    r = tl.arange(0, GP)
+    d = tl.arange(0, D)
+    q = tl.load(q_ptr + t.to(tl.int64) * q_s0 + (h * G + r)[:, None] * q_s1 + d[None, :], mask=(r < G)[:, None],
+                other=0.0).to(tl.float32) * scale
+    qf = tl.dot(q, tl.load(map_ptr + h * MAP_STRIDE + d[:, None] * F + f[None, :]), input_precision=PREC)
+    row = (t.to(tl.int64) * HKV + h) * G + r
+    tl.store(qf_ptr + row[:, None] * F + f[None, :], qf, mask=(r < G)[:, None])
+
+
+@triton.jit(do_not_specialize=["num_rows", "num_splits"])
 def _merge_splits_kernel(part_ptr, m_ptr, l_ptr, out_ptr, num_rows, num_splits, F: tl.constexpr, SP: tl.constexpr):
     """out[row] = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s over the splits of one output row."""
     row = tl.program_id(0)
@@ -155,6 +174,30 @@ def _merge_splits_kernel(part_ptr, m_ptr, l_ptr, out_ptr, num_rows, num_splits, 
     acc = tl.load(part_ptr + (s[:, None] * num_rows + row).to(tl.int64) * F + f[None, :], mask=live[:, None],
                   other=0.0)
     tl.store(out_ptr + row.to(tl.int64) * F + f, tl.sum(acc * w[:, None], 0) / tl.sum(l_s * w, 0))
+
+
+@triton.jit(do_not_specialize=["out_s0", "out_s1"])
+def _output_kernel(feat_ptr, dec_ptr, off_ptr, out_ptr, out_s0, out_s1, HKV: tl.constexpr, G: tl.constexpr,
+                   GP: tl.constexpr, D: tl.constexpr, DB: tl.constexpr, F: tl.constexpr, FB: tl.constexpr,
+                   DEC_STRIDE: tl.constexpr, OFF_STRIDE: tl.constexpr, HAS_OFFSET: tl.constexpr,
+                   PREC: tl.constexpr):
+    """out[t, query heads of KV head h, block d] = features @ decode map[h][:, block d] (F x DB) + offset[h],
+    cast to out's dtype; one program per (token, KV head, DB output columns)."""
+    t = tl.program_id(0)
+    h = tl.program_id(1)
+    d = tl.program_id(2) * DB + tl.arange(0, DB)
+    r = tl.arange(0, GP)
+    live = r < G
+    row = (t.to(tl.int64) * HKV + h) * G + r
+    out = tl.zeros([GP, DB], tl.float32)
+    for f0 in tl.static_range(0, F, FB):
+        f = f0 + tl.arange(0, FB)
+        x = tl.load(feat_ptr + row[:, None] * F + f[None, :], mask=live[:, None], other=0.0)
+        out += tl.dot(x, tl.load(dec_ptr + h * DEC_STRIDE + f[:, None] * D + d[None, :]), input_precision=PREC)
+    if HAS_OFFSET:
+        out += tl.load(off_ptr + h * OFF_STRIDE + d)[None, :]
+    tl.store(out_ptr + t.to(tl.int64) * out_s0 + (h * G + r)[:, None] * out_s1 + d[None, :], out,
+             mask=live[:, None])
 
 
 _MAPS: dict[tuple, tuple[ChannelParams | None, FeatureMaps]] = {}
@@ -258,40 +301,52 @@ def paged_attention(
     if tq == 0 or num_seqs == 0:
         return out
 
-    q = query.float().reshape(tq, hkv, group, d) * (scale * LOG2E)
-    qf = per_head_matmul(q, kmaps.query).contiguous()
+    query = query if query.stride(2) == 1 else query.contiguous()
+    gp = max(16, triton.next_power_of_2(group))  # rows of the pre/post kernels' tiles (tl.dot needs 16)
+    fk, fv = kmaps.num_features, vmaps.num_features
+    prec = "tf32x3" if device.type == "cuda" else "ieee"
+    qf = torch.empty(tq, hkv, group, fk, dtype=torch.float32, device=device)
+    fb = min(fk, _MAP_BLOCK)
+    _query_kernel[(tq, hkv, fk // fb)](query, kmaps.query, qf, scale * LOG2E, query.stride(0), query.stride(1),
+                                       HKV=hkv, G=group, GP=gp, D=d, F=fk, FB=fb,
+                                       MAP_STRIDE=_head_stride(kmaps.query), PREC=prec)
     new = None if new_key is None else (_to_features(new_key, kmaps), _to_features(new_value, vmaps))
-    gp = triton.next_power_of_2(group)
     decode = max_query_len == 1
-    tok = max(1, PREFILL_ROWS // gp)
+    tok = max(1, PREFILL_ROWS // triton.next_power_of_2(group))
     tiles = num_seqs if decode else tq // tok + num_seqs
     splits = num_splits or _num_splits(tiles * hkv, max_seq_len, device)
-    fv = vmaps.num_features
     rows = tq * hq
-    feats = torch.empty(rows, fv, dtype=torch.float32, device=device)
-    if splits == 1:
-        target, m, lse = feats, feats, feats
-    else:
-        target = torch.empty(splits, rows, fv, dtype=torch.float32, device=device)
-        m = torch.empty(splits, rows, dtype=torch.float32, device=device)
-        lse = torch.empty_like(m)
+    target = torch.empty(splits, rows, fv, dtype=torch.float32, device=device)
+    m = torch.empty(splits if splits > 1 else 1, rows, dtype=torch.float32, device=device)
+    lse = torch.empty_like(m)
     if decode:
         triton_decode.launch(qf, cache, layout, kspec, vspec, block_table, seq_lens, query_start_loc, new,
                              constants(device), target, m, lse, splits)
     else:
         nk, nv = new or (qf, qf)  # placeholders: never read unless HAS_NEW
+        gpp = triton.next_power_of_2(group)
         _attention_kernel[(tiles, hkv, splits)](
             qf, cache, block_table, seq_lens, query_start_loc, nk, nv, constants(device), target, m, lse,
             block_table.stride(0), num_seqs, rows, splits,
-            HQ=hq, HKV=hkv, G=group, GP=gp, TOK=tok, BLOCK_M=max(16, tok * gp), BLOCK_N=BLOCK_N,
+            HQ=hq, HKV=hkv, G=group, GP=gpp, TOK=tok, BLOCK_M=max(16, tok * gpp), BLOCK_N=BLOCK_N,
             BS=layout.block_size, SLOT=layout.slot_bytes, **kspec.constexprs("K"), **vspec.constexprs("V"),
             SINGLE=splits == 1, HAS_NEW=new is not None, PREC="tf32" if device.type == "cuda" else "ieee",
             num_warps=NUM_WARPS, num_stages=1,  # no software pipelining: it overflows shared memory at d = 128
         )
+    feats = target[0]
     if splits > 1:
+        feats = torch.empty(rows, fv, dtype=torch.float32, device=device)
         _merge_splits_kernel[(rows,)](target, m, lse, feats, rows, splits, F=fv, SP=triton.next_power_of_2(splits))
-    result = per_head_matmul(feats.view(tq, hkv, group, fv), vmaps.decode)
-    if vmaps.offset is not None:
-        result = result + vmaps.offset[:, None, :]
-    out.copy_(result.reshape(tq, hq, d))
+    offset = vmaps.offset
+    db = min(d, _MAP_BLOCK)
+    _output_kernel[(tq, hkv, d // db)](feats, vmaps.decode, offset if offset is not None else feats, out,
+                                       out.stride(0), out.stride(1), HKV=hkv, G=group, GP=gp, D=d, DB=db, F=fv,
+                                       FB=min(fv, _MAP_BLOCK), DEC_STRIDE=_head_stride(vmaps.decode),
+                                       OFF_STRIDE=0 if offset is None or offset.shape[0] == 1 else d,
+                                       HAS_OFFSET=offset is not None, PREC=prec)
     return out
+
+
+def _head_stride(maps: torch.Tensor) -> int:
+    """Elements between two KV heads' maps: 0 when one map serves all heads."""
+    return 0 if maps.shape[0] == 1 else maps.stride(0)

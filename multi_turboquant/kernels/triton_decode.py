@@ -12,88 +12,150 @@ largest record scale (undone on the dot).
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 from .layout import KVCacheLayout
+from .unpack_asm import program, to_ptx
 from .triton_common import (COS_AT, LEVELS_ROW, RecordSpec, load_parts, softmax_state, split_range,
                              store_state)
 
 _COS, _SIN, _BETA = tl.constexpr(COS_AT), tl.constexpr(COS_AT + 256), tl.constexpr(COS_AT + 512)
 _ROW = tl.constexpr(LEVELS_ROW)
-BLOCK_N = 64  # slots per step (benchmarks/attention.py --tile overrides it and NUM_WARPS)
-NUM_WARPS = 8
+TILE: tuple[int, int] | None = None  # (slots per step, warps) for every format; None: tile()'s per-format choice
+MAX_REGISTERS: int | None = None  # per-thread register cap (ptxas), for occupancy experiments
 NEW_ROWS = 16  # tile of the fresh token (row 0 live): tl.dot needs 16
 HALF_DOTS: bool | None = None  # float16 dot operands; None: on CUDA only (tests force it in the interpreter)
+_BITS_ROWS = ((1, 0), (1, 1), (2, 2), (3, 3), (4, 4))
+_H1Q, _H1, _H2, _H3, _H4 = (tl.constexpr(to_ptx(program(b, r, torch.float16))) for b, r in _BITS_ROWS)
+_B1Q, _B1, _B2, _B3, _B4 = (tl.constexpr(to_ptx(program(b, r, torch.bfloat16))) for b, r in _BITS_ROWS)
+_CONSTRAINTS = tl.constexpr(",".join(["=h"] * 16 + ["r"] * 2))
 
 
 @triton.jit
-def _halve(x, S: tl.constexpr):
-    """(R, n) words of 2S bits -> (R, 2n) halves of S bits, low half first (so codes stay in record order)."""
-    return tl.reshape(tl.join(x & ((1 << S) - 1), x >> S), (x.shape[0], 2 * x.shape[1]))
+def _u16(rows, valid, OFF: tl.constexpr, STRIDE: tl.constexpr, NG: tl.constexpr):
+    """(BLOCK_N, NG) int32: the 16-bit unit at byte OFF + STRIDE * g of each record, g < NG (two byte loads:
+    records are only 2-byte aligned, and int16 pointer loads faulted on the H100 with misaligned addresses)."""
+    at = rows[:, None] + (OFF + STRIDE * tl.arange(0, NG))[None, :]
+    lo = tl.load(at, mask=valid[:, None], other=0).to(tl.int32)
+    hi = tl.load(at + 1, mask=valid[:, None], other=0).to(tl.int32)
+    return lo | (hi << 8)
 
 
 @triton.jit
-def _plane(rows, valid, OFF: tl.constexpr, N: tl.constexpr, W: tl.constexpr):
-    """Raw words of the W-bit plane of N codes at byte OFF: (BLOCK_N, N*W/16) int16 (W = 1: (BLOCK_N, N/8) uint8)."""
-    if W == 1:
-        x = tl.load(rows[:, None] + (OFF + tl.arange(0, N // 8))[None, :], mask=valid[:, None], other=0)
-    else:  # 16-bit words from two byte loads: int16 pointer loads faulted on the H100 (misaligned address, d=128)
-        at = rows[:, None] + (OFF + 2 * tl.arange(0, N * W // 16))[None, :]
-        lo = tl.load(at, mask=valid[:, None], other=0).to(tl.int16) & 0xFF
-        hi = tl.load(at + 1, mask=valid[:, None], other=0).to(tl.int16)
-        x = lo | (hi << 8)
-    return x
-
-
-@triton.jit
-def _codes(x, W: tl.constexpr):
-    """(BLOCK_N, N) int32 codes of a plane's raw words (see _plane), split in registers."""
-    if W == 1:
-        x = x.to(tl.int32)
-    else:
-        x = _halve(x.to(tl.int32) & 0xFFFF, 8)
-    x = _halve(x, 4)
-    if W < 4:
-        x = _halve(x, 2)
-    if W < 2:
-        x = _halve(x, 1)
-    return x
-
-
-@triton.jit
-def _pick2(c, lv, DT: tl.constexpr):
-    """Levels lv[0..3] (scalars loaded from `lv`) at 2-bit codes c, by a select tree."""
-    b0 = (c & 1) != 0
-    lo = tl.where(b0, tl.load(lv + 1).to(DT), tl.load(lv).to(DT))
-    hi = tl.where(b0, tl.load(lv + 3).to(DT), tl.load(lv + 2).to(DT))
-    return tl.where((c & 2) != 0, hi, lo)
+def _word(rows, valid, OFF: tl.constexpr, STRIDE: tl.constexpr, NG: tl.constexpr):
+    """(BLOCK_N, NG) int32: the little-endian 32-bit word at byte OFF + STRIDE * g (STRIDE >= 4) of each record,
+    as two int16 loads: 2-byte aligned, and never vectorized (no two of them are adjacent)."""
+    at = (rows[:, None] + (OFF + STRIDE * tl.arange(0, NG))[None, :]).to(tl.pointer_type(tl.int16))
+    lo = tl.load(at, mask=valid[:, None], other=0).to(tl.int32) & 0xFFFF
+    hi = tl.load(at + 1, mask=valid[:, None], other=0).to(tl.int32)
+    return lo | (hi << 16)
 
 
 @triton.jit
 def _fetch_part(rows, valid, OFF: tl.constexpr, N: tl.constexpr, BITS: tl.constexpr):
-    """Raw planes (low, high) of N BITS-bit codes at byte OFF; high is a dummy unless BITS == 3 (2-bit + 1-bit)."""
-    if BITS == 3:
-        low, high = _plane(rows, valid, OFF, N, 2), _plane(rows, valid, OFF + N // 4, N, 1)
+    """Raw words (x0, x1) of the N BITS-bit codes at byte OFF, per group of 16 codes (see unpack_asm):
+    1 bit: the 16-bit unit; 2: the 32-bit word; 3: the 2-bit plane's word and the 1-bit plane's unit;
+    4: two words. x1 repeats x0 where unused."""
+    NG: tl.constexpr = N // 16
+    if BITS == 1:
+        x0 = _u16(rows, valid, OFF, 2, NG)
+        x1 = x0
+    elif BITS == 2:
+        x0 = _word(rows, valid, OFF, 4, NG)
+        x1 = x0
+    elif BITS == 3:
+        x0 = _word(rows, valid, OFF, 4, NG)
+        x1 = _u16(rows, valid, OFF + N // 4, 2, NG)
     else:
-        low, high = _plane(rows, valid, OFF, N, BITS), tl.zeros([1], tl.int8)
-    return low, high
+        x0 = _word(rows, valid, OFF, 8, NG)
+        x1 = _word(rows, valid, OFF + 4, 8, NG)
+    return x0, x1
 
 
 @triton.jit
-def _levels(low, high, table, BITS: tl.constexpr, ROW: tl.constexpr, DT: tl.constexpr):
-    """(BLOCK_N, N) codebook levels (table row ROW), in DT, of the codes in planes (low, high) (see _fetch_part)."""
-    lv = table + ROW * _ROW
+def _pair(a, b):
+    """(R, n), (R, n) -> (R, 2n) interleaved: a's elements at even, b's at odd positions (no data movement)."""
+    return tl.reshape(tl.join(a, b), (a.shape[0], 2 * a.shape[1]))
+
+
+@triton.jit
+def _stack4(a0, a1, a2, a3):
+    return _pair(_pair(a0, a2), _pair(a1, a3))
+
+
+@triton.jit
+def _stack16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15):
+    """16 tiles (R, n) -> (R, 16n) with tile j at positions 16g + j: a group's codes back in record order."""
+    return _pair(_pair(_stack4(a0, a4, a8, a12), _stack4(a2, a6, a10, a14)),
+                 _pair(_stack4(a1, a5, a9, a13), _stack4(a3, a7, a11, a15)))
+
+
+@triton.jit
+def _code(x0, x1, J: tl.constexpr, BITS: tl.constexpr):
+    """Code J of each group in the raw words (reference path, used where PTX cannot run)."""
     if BITS == 1:
-        out = tl.where(_codes(low, 1) != 0, tl.load(lv + 1).to(DT), tl.load(lv).to(DT))
+        c = (x0 >> J) & 1
     elif BITS == 2:
-        out = _pick2(_codes(low, 2), lv, DT)
+        c = (x0 >> (2 * J)) & 3
     elif BITS == 3:
-        c = _codes(low, 2)
-        out = tl.where(_codes(high, 1) != 0, _pick2(c, lv + 4, DT), _pick2(c, lv, DT))
+        c = ((x0 >> (2 * J)) & 3) | (((x1 >> J) & 1) << 2)
+    elif J < 8:
+        c = (x0 >> (4 * J)) & 15
     else:
-        out = tl.load(lv + _codes(low, 4)).to(DT)
+        c = (x1 >> (4 * (J - 8))) & 15
+    return c
+
+
+@triton.jit
+def _lv(x0, x1, lv, J: tl.constexpr, BITS: tl.constexpr):
+    return tl.load(lv + _code(x0, x1, J, BITS))
+
+
+@triton.jit
+def _asm16(PTX: tl.constexpr, x0, x1):
+    """Run one unpack_asm program per group: inputs $16 = x0, $17 = x1; 16 tiles of 16-bit float patterns."""
+    return tl.inline_asm_elementwise(PTX, _CONSTRAINTS, [x0, x1],
+                                     dtype=(tl.int16, tl.int16, tl.int16, tl.int16, tl.int16, tl.int16, tl.int16, tl.int16,
+                                            tl.int16, tl.int16, tl.int16, tl.int16, tl.int16, tl.int16, tl.int16, tl.int16),
+                                     is_pure=True, pack=1)
+
+
+@triton.jit
+def _asm_levels(x0, x1, BITS: tl.constexpr, ROW: tl.constexpr, BF16: tl.constexpr):
+    """The 16 level tiles (bit patterns of float16, or bfloat16 if BF16) of each group, codebook row ROW."""
+    if BITS == 1:
+        if ROW == 0:
+            o = _asm16(_B1Q, x0, x1) if BF16 else _asm16(_H1Q, x0, x1)
+        else:
+            o = _asm16(_B1, x0, x1) if BF16 else _asm16(_H1, x0, x1)
+    elif BITS == 2:
+        o = _asm16(_B2, x0, x1) if BF16 else _asm16(_H2, x0, x1)
+    elif BITS == 3:
+        o = _asm16(_B3, x0, x1) if BF16 else _asm16(_H3, x0, x1)
+    else:
+        o = _asm16(_B4, x0, x1) if BF16 else _asm16(_H4, x0, x1)
+    return o
+
+
+@triton.jit
+def _levels(x0, x1, table, BITS: tl.constexpr, ROW: tl.constexpr, DT: tl.constexpr, ASM: tl.constexpr):
+    """(BLOCK_N, N) codebook levels (table row ROW), in DT, of the codes in the raw words (see _fetch_part)."""
+    if ASM:
+        o = _asm_levels(x0, x1, BITS, ROW, DT == tl.bfloat16)
+        out = _stack16(o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7], o[8], o[9], o[10], o[11], o[12], o[13],
+                       o[14], o[15]).to(DT, bitcast=True)
+    else:
+        lv = table + ROW * _ROW
+        out = _stack16(_lv(x0, x1, lv, 0, BITS), _lv(x0, x1, lv, 1, BITS), _lv(x0, x1, lv, 2, BITS),
+                       _lv(x0, x1, lv, 3, BITS), _lv(x0, x1, lv, 4, BITS), _lv(x0, x1, lv, 5, BITS),
+                       _lv(x0, x1, lv, 6, BITS), _lv(x0, x1, lv, 7, BITS), _lv(x0, x1, lv, 8, BITS),
+                       _lv(x0, x1, lv, 9, BITS), _lv(x0, x1, lv, 10, BITS), _lv(x0, x1, lv, 11, BITS),
+                       _lv(x0, x1, lv, 12, BITS), _lv(x0, x1, lv, 13, BITS), _lv(x0, x1, lv, 14, BITS),
+                       _lv(x0, x1, lv, 15, BITS)).to(DT)
     return out
 
 
@@ -101,30 +163,31 @@ def _levels(low, high, table, BITS: tl.constexpr, ROW: tl.constexpr, DT: tl.cons
 def _fetch(rows, valid, NA: tl.constexpr, BA: tl.constexpr, NB: tl.constexpr, BB: tl.constexpr,
            NC: tl.constexpr, TURBO: tl.constexpr, REC: tl.constexpr):
     """Raw words of the records at `rows` (nothing decoded yet, so the next tile's loads overlap this one's math):
-    planes (a0, a1, b0, b1, c) and the int16 scale words (s0, s1); dummies for absent parts, 0 for invalid rows."""
+    parts (a0, a1), (b0, b1), c (see _fetch_part) and the int16 scale words (s0, s1); dummies for absent parts,
+    0 for invalid rows."""
     a0, a1 = _fetch_part(rows, valid, 0, NA, BA)
     s0 = tl.load((rows + (REC - 2)).to(tl.pointer_type(tl.int16)), mask=valid, other=0)
     if TURBO:
         b0, b1 = _fetch_part(rows, valid, NA * BA // 8, NB, BB)
-        c = _plane(rows, valid, (NA * BA + NB * BB) // 8, NC, 1)
+        c, _ = _fetch_part(rows, valid, (NA * BA + NB * BB) // 8, NC, 1)
         s1 = tl.load((rows + (REC - 4)).to(tl.pointer_type(tl.int16)), mask=valid, other=0)
     else:
         # tensors, not constants, so that loops can carry them
-        b0, b1, c, s1 = tl.zeros([1], tl.int8), tl.zeros([1], tl.int8), tl.zeros([1], tl.int8), tl.zeros([1], tl.int8)
+        b0, b1, c, s1 = tl.zeros([1], tl.int32), tl.zeros([1], tl.int32), tl.zeros([1], tl.int32), tl.zeros([1], tl.int8)
     return a0, a1, b0, b1, c, s0, s1
 
 
 @triton.jit
 def _record(a0, a1, b0, b1, c, s0, s1, table, BA: tl.constexpr, BB: tl.constexpr, TURBO: tl.constexpr,
-            DT: tl.constexpr):
-    """Level tiles (a, b, c), per-slot scales (sa, sb, sc) and the record's scale (rho or alpha) from _fetch's words.
+            DT: tl.constexpr, ASM: tl.constexpr):
+    """Level tiles (a, b, c) in DT and per-slot scales (sa, sb, sc) from _fetch's words.
 
     Invalid rows have zero words, hence zero scales, so garbage slots contribute nothing.
     """
-    a = _levels(a0, a1, table, BA, BA, DT)
+    a = _levels(a0, a1, table, BA, BA, DT, ASM)
     if TURBO:
-        b = _levels(b0, b1, table, BB, BB, DT)
-        c = _levels(c, 0, table, 1, 0, DT)
+        b = _levels(b0, b1, table, BB, BB, DT, ASM)
+        c = _levels(c, c, table, 1, 0, DT, ASM)
         rho = (s1.to(tl.int32) << 16).to(tl.float32, bitcast=True)
         codes = s0.to(tl.int32)
         sa = rho * tl.load(table + _COS + (codes & 0xFF))
@@ -137,7 +200,7 @@ def _record(a0, a1, b0, b1, c, s0, s1, table, BA: tl.constexpr, BB: tl.constexpr
         sa = rho
         sb = 0.0
         sc = 0.0
-    return a, b, c, sa, sb, sc, rho
+    return a, b, c, sa, sb, sc
 
 
 @triton.jit
@@ -151,14 +214,12 @@ def _dot(a, b, DT: tl.constexpr):
 
 
 @triton.jit
-def _attend(qa, qb, qc, q_scale, ka, kb, kc, ksa, ksb, ksc, va, vb, vc, vsa, vsb, vsc, v_ref, live,
+def _attend(qa, qb, qc, q_scale, ka, kb, kc, ksa, ksb, ksc, va, vb, vc, vsa, vsb, vsc, live,
             m_i, l_i, acc_a, acc_b, acc_c, KNB: tl.constexpr, KNC: tl.constexpr, VNB: tl.constexpr,
-            VNC: tl.constexpr, DT: tl.constexpr):
-    """One online-softmax step (base 2) over a tile: scores from the key levels, accumulate value levels.
-
-    Value weights p * scale are divided by `v_ref` (the tile's largest scale) for float16 and the dot
-    multiplied back, so neither tiny nor huge record scales leave float16's range.
-    """
+            VNC: tl.constexpr, DT: tl.constexpr, DTV: tl.constexpr):
+    """One online-softmax step (base 2) over a tile: scores from the key levels (DT dots, record scales applied
+    to the scores), accumulate value levels (DTV dots: the value weights p * record scale are bfloat16 on CUDA,
+    whose range is float32's, so no record scale can overflow them)."""
     s = _dot(qa, tl.trans(ka), DT) * ksa[None, :]
     if KNB > 0:
         s += _dot(qb, tl.trans(kb), DT) * ksb[None, :]
@@ -170,20 +231,12 @@ def _attend(qa, qb, qc, q_scale, ka, kb, kc, ksa, ksb, ksc, va, vb, vc, vsa, vsb
     alpha = tl.math.exp2(m_i - m_safe)
     p = tl.math.exp2(s - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    inv = 1.0 / v_ref
-    acc_a = acc_a * alpha[:, None] + _dot((p * (vsa * inv)[None, :]).to(DT), va, DT) * v_ref
+    acc_a = acc_a * alpha[:, None] + _dot((p * vsa[None, :]).to(DTV), va, DTV)
     if VNB > 0:
-        acc_b = acc_b * alpha[:, None] + _dot((p * (vsb * inv)[None, :]).to(DT), vb, DT) * v_ref
+        acc_b = acc_b * alpha[:, None] + _dot((p * vsb[None, :]).to(DTV), vb, DTV)
     if VNC > 0:
-        acc_c = acc_c * alpha[:, None] + _dot((p * (vsc * inv)[None, :]).to(DT), vc, DT) * v_ref
+        acc_c = acc_c * alpha[:, None] + _dot((p * vsc[None, :]).to(DTV), vc, DTV)
     return m_new, l_i, acc_a, acc_b, acc_c
-
-
-@triton.jit
-def _positive_max(x):
-    """max(x) where positive, else 1.0 (NaN stays NaN)."""
-    top = tl.max(x, 0)
-    return tl.where(top > 0, top, tl.where(top == top, 1.0, top))
 
 
 @triton.jit
@@ -215,7 +268,7 @@ def _slots(bt_row, page_base, t, t_hi, cached, HKV: tl.constexpr, BLOCK_N: tl.co
     return page_base + (page * HKV * BS + j % BS) * SLOT, valid
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["bt_stride", "num_rows", "num_splits"])  # no recompiles as batches change
 def decode_kernel(
     q_ptr, cache_ptr, bt_ptr, seq_lens_ptr, qsl_ptr, nk_ptr, nv_ptr, table,
     out_ptr, m_ptr, l_ptr, bt_stride, num_rows, num_splits,
@@ -225,7 +278,8 @@ def decode_kernel(
     KTURBO: tl.constexpr, KREC: tl.constexpr,
     VNA: tl.constexpr, VBA: tl.constexpr, VNB: tl.constexpr, VBB: tl.constexpr, VNC: tl.constexpr,
     VTURBO: tl.constexpr, VREC: tl.constexpr,
-    SINGLE: tl.constexpr, HAS_NEW: tl.constexpr, NEW_N: tl.constexpr, DT: tl.constexpr,
+    SINGLE: tl.constexpr, HAS_NEW: tl.constexpr, NEW_N: tl.constexpr, DT: tl.constexpr, DTV: tl.constexpr,
+    ASM: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -256,28 +310,35 @@ def decode_kernel(
         rows, valid = _slots(bt_ptr + b * bt_stride, page_base, t + 1, t_hi, cached, HKV, BLOCK_N, BS, SLOT)
         k0, k1, k2, k3, k4, k5, k6 = _fetch(rows, valid, KNA, KBA, KNB, KBB, KNC, KTURBO, KREC)
         v0, v1, v2, v3, v4, v5, v6 = _fetch(rows + KREC, valid, VNA, VBA, VNB, VBB, VNC, VTURBO, VREC)
-        ka, kb, kc, ksa, ksb, ksc, _ = _record(ka0, ka1, kb0, kb1, kc0, ks0, ks1, table, KBA, KBB, KTURBO, DT)
-        va, vb, vc, vsa, vsb, vsc, vrho = _record(va0, va1, vb0, vb1, vc0, vs0, vs1, table, VBA, VBB, VTURBO, DT)
-        v_ref = _positive_max(vrho * 4.0 if VTURBO else vrho)  # TurboQuant: cos, sin <= 1, beta <= 4 rho
+        ka, kb, kc, ksa, ksb, ksc = _record(ka0, ka1, kb0, kb1, kc0, ks0, ks1, table, KBA, KBB, KTURBO, DT, ASM)
+        va, vb, vc, vsa, vsb, vsc = _record(va0, va1, vb0, vb1, vc0, vs0, vs1, table, VBA, VBB, VTURBO, DTV, ASM)
         m_i, l_i, acc_a, acc_b, acc_c = _attend(qa, qb, qc, q_scale, ka, kb, kc, ksa, ksb, ksc, va, vb, vc,
-                                                vsa, vsb, vsc, v_ref, live, m_i, l_i, acc_a, acc_b, acc_c,
-                                                KNB, KNC, VNB, VNC, DT)
+                                                vsa, vsb, vsc, live, m_i, l_i, acc_a, acc_b, acc_c,
+                                                KNB, KNC, VNB, VNC, DT, DTV)
     if HAS_NEW:
         # the fresh token (position seq_len - 1), in the last split
         jn = tl.arange(0, NEW_N)
         live = jn < (split == num_splits - 1).to(tl.int32)
         row = (tok + jn) * HKV + h
         ka, kb, kc, ks = _scaled_rows(nk_ptr, row, live, KNA, KNB, KNC, DT)
-        va, vb, vc, vs = _scaled_rows(nv_ptr, row, live, VNA, VNB, VNC, DT)
+        va, vb, vc, vs = _scaled_rows(nv_ptr, row, live, VNA, VNB, VNC, DTV)
         m_i, l_i, acc_a, acc_b, acc_c = _attend(qa, qb, qc, q_scale, ka, kb, kc, ks, ks, ks, va, vb, vc,
-                                                vs, vs, vs, _positive_max(vs), live, m_i, l_i, acc_a, acc_b,
-                                                acc_c, KNB, KNC, VNB, VNC, DT)
+                                                vs, vs, vs, live, m_i, l_i, acc_a, acc_b, acc_c,
+                                                KNB, KNC, VNB, VNC, DT, DTV)
     store_state(out_ptr, m_ptr, l_ptr, q_row, row_valid, split, num_rows, m_i, l_i, acc_a, acc_b, acc_c,
                 VNA, VNB, VNC, SINGLE)
 
 
+def tile(kspec: RecordSpec, vspec: RecordSpec) -> tuple[int, int]:
+    """(slots per step, warps): measured on the H100 at d = 128 (BENCHMARKS.md); TurboQuant's two feature halves
+    and QJL part hold twice the features per slot, and take bigger steps better."""
+    return TILE or ((64, 4) if kspec.turbo or vspec.turbo else (32, 4))
+
+
 def dot_dtype(device: torch.device) -> torch.dtype:
-    """The dot-operand dtype: float16 on CUDA, float32 elsewhere, unless HALF_DOTS says otherwise."""
+    """The key dot-operand dtype: float16 on CUDA, float32 elsewhere, unless HALF_DOTS says otherwise. Value dots
+    are bfloat16 on CUDA and float32 in Triton's interpreter, whose bfloat16 dot is wrong (it is checked on the GPU
+    by benchmarks/attention.py --check)."""
     return torch.float16 if (device.type == "cuda" if HALF_DOTS is None else HALF_DOTS) else torch.float32
 
 
@@ -294,15 +355,19 @@ def launch(qf: torch.Tensor, cache: torch.Tensor, layout: KVCacheLayout, kspec: 
     decode_kernel[(seq_lens.shape[0], hkv, splits)](
         qf, cache, block_table, seq_lens, query_start_loc, nk, nv, table, target, m, lse,
         block_table.stride(0), tq * hkv * group, splits,
-        **constexprs(layout, kspec, vspec, group, dot_dtype(qf.device), splits == 1, new is not None),
-        num_warps=NUM_WARPS, num_stages=1,
+        **constexprs(layout, kspec, vspec, group, dot_dtype(qf.device), splits == 1, new is not None,
+                     asm=qf.device.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1"),
+        num_warps=tile(kspec, vspec)[1], num_stages=1, **({"maxnreg": MAX_REGISTERS} if MAX_REGISTERS else {}),
     )
 
 
 def constexprs(layout: KVCacheLayout, kspec: RecordSpec, vspec: RecordSpec, group: int, dtype: torch.dtype,
-               single: bool, has_new: bool) -> dict:
-    """decode_kernel's compile-time arguments (also used by benchmarks/attention_registers.py)."""
+               single: bool, has_new: bool, asm: bool = True) -> dict:
+    """decode_kernel's compile-time arguments (also used by benchmarks/attention_registers.py); asm: unpack
+    codes with the PTX programs of unpack_asm (CUDA), else with the reference path (Triton's interpreter)."""
+    half = dtype == torch.float16
     return dict(HQ=layout.num_kv_heads * group, HKV=layout.num_kv_heads, G=group,
-                BLOCK_M=max(16, triton.next_power_of_2(group)), BLOCK_N=BLOCK_N, BS=layout.block_size,
+                BLOCK_M=max(16, triton.next_power_of_2(group)), BLOCK_N=tile(kspec, vspec)[0], BS=layout.block_size,
                 SLOT=layout.slot_bytes, **kspec.constexprs("K"), **vspec.constexprs("V"), SINGLE=single,
-                HAS_NEW=has_new, NEW_N=NEW_ROWS, DT=tl.float16 if dtype == torch.float16 else tl.float32)
+                HAS_NEW=has_new, NEW_N=NEW_ROWS, DT=tl.float16 if half else tl.float32,
+                DTV=tl.bfloat16 if half and asm else tl.float32, ASM=asm)

@@ -7,6 +7,7 @@ from typing import ClassVar
 import torch
 from vllm.v1.attention.backend import (
     AttentionBackend,
+    AttentionCGSupport,
     AttentionImpl,
     AttentionMetadataBuilder,
     AttentionType,
@@ -74,8 +75,18 @@ class MTQMetadata:
 
 
 class MTQMetadataBuilder(AttentionMetadataBuilder[MTQMetadata]):
+    # Decode batches replay full CUDA graphs (the kernels never sync with the host); without this vLLM runs
+    # attention eagerly between graph pieces, where Python launch overhead dominates a decode step.
+    _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE
+
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+
+    def build_for_cudagraph_capture(self, common_attn_metadata: CommonAttentionMetadata) -> MTQMetadata:
+        """A captured graph serves every later context length: split the KV for the longest the model allows."""
+        meta = self.build(0, common_attn_metadata)
+        meta.max_seq_len = max(meta.max_seq_len, self.vllm_config.model_config.max_model_len)
+        return meta
 
     def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
               fast_build: bool = False) -> MTQMetadata:
@@ -142,10 +153,14 @@ class MTQAttentionImpl(AttentionImpl[MTQMetadata]):
             return output
         n = attn_metadata.num_actual_tokens
         key_params, value_params = self._channel_params(layer)
+        kwargs = {"max_query_len": attn_metadata.max_query_len, "max_seq_len": attn_metadata.max_seq_len}
+        target = output[:n]
+        if target.is_contiguous() and target.is_cuda:  # the kernels write the output in place
+            kwargs["out"] = target.view(n, self.num_heads, self.head_size)
         out = ops.paged_attention(
             query[:n].reshape(n, self.num_heads, self.head_size), kv_cache, self._layout(kv_cache),
             attn_metadata.block_table, attn_metadata.seq_lens, attn_metadata.query_start_loc, self.scale,
-            key_params, value_params, max_query_len=attn_metadata.max_query_len,
-            max_seq_len=attn_metadata.max_seq_len)
-        output[:n] = out.reshape(output[:n].shape)
+            key_params, value_params, **kwargs)
+        if out is not kwargs.get("out"):  # the reference path returns a new tensor
+            target.copy_(out.reshape(target.shape))
         return output

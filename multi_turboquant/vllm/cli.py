@@ -12,7 +12,8 @@ from ..formats.registry import FORMATS, get_format
 DEMO_PROMPT = "In two sentences, why does a smaller KV cache let a server handle more users?"
 
 
-def _plugin_config(args: argparse.Namespace) -> dict:
+def plugin_config(args: argparse.Namespace) -> dict:
+    """additional_config["multi_turboquant"] from the arguments of `add_kv_arguments`."""
     config = {}
     if args.value_format:
         config["value_format"] = args.value_format
@@ -44,7 +45,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     if args.kv_cache_dtype != "auto":
         get_format(args.kv_cache_dtype)
-    llm = build_llm(_model(args), args.kv_cache_dtype, plugin_config=_plugin_config(args),
+    llm = build_llm(_model(args), args.kv_cache_dtype, plugin_config=plugin_config(args),
                     max_model_len=args.max_model_len)
     print(_complete(llm, args.prompt, args.max_tokens, args.chat))
     return 0
@@ -84,15 +85,20 @@ def demo(model: str | None = None, max_tokens: int = 40) -> int:
     return 0
 
 
+def add_kv_arguments(parser: argparse.ArgumentParser) -> None:
+    """--kv-cache-dtype, the plugin options read by `plugin_config`, and --max-model-len."""
+    parser.add_argument("--kv-cache-dtype", default="isoquant4", help=f"auto or one of {', '.join(FORMATS)}")
+    parser.add_argument("--value-format", help="a different format for V (default: the same as K)")
+    parser.add_argument("--keep-layers", help="comma-separated layer indices kept in the model dtype")
+    parser.add_argument("--calibration", help="calibration file from `mtq calibrate`")
+    parser.add_argument("--max-model-len", type=int, default=2048)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser("generate", help="one greedy completion from vLLM with a packed KV cache")
     g.add_argument("prompt")
     g.add_argument("--model", help="Hugging Face model folder (default: the embedded SmolLM2-135M-Instruct)")
-    g.add_argument("--kv-cache-dtype", default="isoquant4", help=f"auto or one of {', '.join(FORMATS)}")
-    g.add_argument("--value-format", help="a different format for V (default: the same as K)")
-    g.add_argument("--keep-layers", help="comma-separated layer indices kept in the model dtype")
-    g.add_argument("--calibration", help="calibration file from `mtq calibrate`")
+    add_kv_arguments(g)
     g.add_argument("--max-tokens", type=int, default=64)
-    g.add_argument("--max-model-len", type=int, default=2048)
     g.add_argument("--chat", action="store_true", help="apply the model's chat template")
     g.set_defaults(func=_generate)

@@ -95,3 +95,19 @@ def test_save_refuses_nan_and_wrong_shapes(tmp_path):
         _save(tmp_path, layers[:1] + [(bad, None)] + layers[2:])
     with pytest.raises(ValueError, match="expected \\(3, 64\\)"):
         _save(tmp_path, [(ChannelParams(offset=torch.zeros(D)), None)])
+
+
+def test_sink_weight_widens_the_key_scale_where_the_sink_sits_apart():
+    from multi_turboquant.eval.calibrate import LayerKV, fit_layers
+
+    g = torch.Generator().manual_seed(3)
+    keys, values = torch.randn(100, HEADS, D, generator=g), torch.randn(100, HEADS, D, generator=g)
+    sink = keys.mean(0)
+    sink[:, 5] += 10  # the sink's key is 10 away from the mean in channel 5 only
+    layer = LayerKV(keys, values, torch.ones(HEADS, D), sink)
+    (k0, v0), = fit_layers([layer], 8)
+    (k1, v1), = fit_layers([layer], 8, sink_weight=0.25)
+    assert torch.equal(k0.offset, k1.offset) and torch.equal(k0.outliers, k1.outliers)
+    assert torch.equal(v0.scale, v1.scale)
+    assert torch.allclose(k1.scale[:, 5], (k0.scale[:, 5] ** 2 + 0.25 * 100).sqrt())
+    assert torch.equal(k1.scale[:, torch.arange(D) != 5], k0.scale[:, torch.arange(D) != 5])

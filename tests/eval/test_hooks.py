@@ -88,3 +88,46 @@ def test_metrics_on_the_tiny_model(tiny):
         perplexity(model, ids[:1], 16)
     with pytest.raises(ValueError, match="cannot cut"):
         prompts_from(ids, 2, 41)
+
+
+def test_collect_kv_groups_queries_by_kv_head(tiny):
+    from multi_turboquant.eval.calibrate import collect_kv
+    from multi_turboquant.eval.hooks import LoadedModel
+
+    model, hook = tiny
+    seen = {}
+    hook.observe = lambda layer, q, k, v: seen.setdefault(layer, []).append(q.clone())
+    ids = torch.randint(0, 50, (20,), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        model(ids[None], use_cache=False)
+    hook.observe = None
+    kv = collect_kv(LoadedModel(None, model, hook, None), ids, 8)  # windows of 8, 8, 4 tokens
+    group = model.config.num_attention_heads // KV_HEADS
+    for layer in kv:
+        assert layer.key.shape == layer.value.shape == (20, KV_HEADS, D)
+        assert layer.query_ms.shape == (KV_HEADS, D) and (layer.query_ms > 0).all()
+        assert torch.allclose(layer.sink_key, layer.key[[0, 8, 16]].mean(0))  # position 0 of each window
+    # one window equal to the whole text: query_ms is the mean over the group's heads and all tokens
+    one = collect_kv(LoadedModel(None, model, hook, None), ids, 20)
+    for i, layer in enumerate(one):
+        q = seen[i][0][0]  # (query heads, T, d)
+        want = torch.stack([q[h * group:(h + 1) * group].pow(2).mean((0, 1)) for h in range(KV_HEADS)])
+        assert torch.allclose(layer.query_ms, want, rtol=1e-5)
+    assert hook.observe is None and hook.layers == {}
+
+
+
+def test_exact_first_policy_applies_to_every_row(tiny):
+    from multi_turboquant.eval.hooks import LoadedModel
+    from multi_turboquant.eval.quality import Task, measure
+
+    model, hook = tiny
+    lm = LoadedModel(None, model, hook, None)
+    ids = torch.randint(0, 50, (24,), generator=torch.Generator().manual_seed(5))
+    p3 = format_codec("planarquant3")
+    ppl = {n: measure(lm, Scheme("p3", p3, p3), Task(ids, 12, exact_first=n))[0] for n in (0, 1, 12)}
+    identity = Codec("f32", "baseline", INT4.nbytes, lambda x, p=None: x)
+    unquantized = measure(lm, Scheme("f32", identity, identity), Task(ids, 12))[0]
+    assert ppl[12] == pytest.approx(unquantized, rel=1e-6)  # whole windows exact: nothing went through the format
+    assert len({ppl[0], ppl[1], unquantized}) == 3
+    assert hook.layers == {}

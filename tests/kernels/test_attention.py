@@ -110,8 +110,9 @@ def test_prefill_and_chunked_prefill(formats: tuple[str, str], fresh: bool) -> N
 
 @pytest.mark.parametrize("key_format", FORMATS)
 def test_decode_half_dots(key_format: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # the GPU's float16 dot operands, emulated by the interpreter: float16 rounding of the query, levels and
-    # value weights only; record scales far outside float16's range must not matter (power-of-two scaling)
+    # the GPU's float16 key dot operands, emulated by the interpreter: float16 rounding of the query and key
+    # levels; record scales far outside float16's range must not matter (per-row scaling of the query, record
+    # scales applied to the scores). The GPU's bfloat16 value dots are checked on the GPU (attention.py --check).
     monkeypatch.setattr(triton_decode, "HALF_DOTS", True)
     value_format = FORMATS[(FORMATS.index(key_format) + 2) % len(FORMATS)]
     for magnitude in (1e-6, 1e6):

@@ -1,18 +1,11 @@
-"""Fixtures for the vLLM plugin tests: the embedded SmolLM2, a tiny head_dim-128 model, prompts from real text."""
+"""Fixtures for the vLLM plugin tests: a tiny head_dim-128 model and prompts from real text (`smollm2` is in
+tests/conftest.py)."""
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
 import pytest
-
-
-@pytest.fixture(scope="session")
-def smollm2() -> Path:
-    pytest.importorskip("transformers")
-    from multi_turboquant.eval.models import default_model
-
-    return default_model()
 
 
 @pytest.fixture(scope="session")

@@ -176,3 +176,21 @@ def test_calibration_reaches_the_layer_per_format_family(tmp_path):
     calibrated = torch.zeros_like(cache)
     naive.store(k, k, calibrated, torch.arange(16), layout, key, value)
     assert torch.equal(cache, calibrated)
+
+
+def test_decode_batches_replay_full_cuda_graphs_split_for_the_longest_context():
+    from types import SimpleNamespace
+
+    from vllm.v1.attention.backend import AttentionCGSupport
+
+    from multi_turboquant.vllm.backend import MTQMetadataBuilder
+
+    assert MTQMetadataBuilder.get_cudagraph_support(None, None) == AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE
+    builder = MTQMetadataBuilder.__new__(MTQMetadataBuilder)
+    builder.vllm_config = SimpleNamespace(model_config=SimpleNamespace(max_model_len=4096))
+    common = SimpleNamespace(num_actual_tokens=2, max_query_len=1, max_seq_len=7, query_start_loc=torch.arange(3),
+                             seq_lens=torch.tensor([7, 5]), block_table_tensor=torch.zeros(2, 1),
+                             slot_mapping=torch.arange(2))
+    assert builder.build(0, common).max_seq_len == 7  # eager steps split for the batch's own longest context
+    captured = builder.build_for_cudagraph_capture(common)
+    assert captured.max_seq_len == 4096 and captured.seq_lens is common.seq_lens  # persistent buffers kept
