@@ -2,13 +2,12 @@
 
 Same feature-space math as triton_attention.py, laid out for throughput. One program = one sequence x one
 KV head (the GQA group's query heads as the rows of a 16-row tile) x one split of the context. Per step of
-BLOCK_N slots it loads each bit plane as 16-bit words (8-bit for 1-bit planes; records are 2-byte aligned),
-splits the words into codes in registers (`tl.join` + `reshape`: no layout conversion, nothing byte-wide
-through shared memory), picks codebook levels by bit-select trees on register scalars (4-bit: one L1
-gather), and does both products as `tl.dot` on float16 operands (float32 in the CPU interpreter).
-float16 range is kept by scaling: each query row (and a fresh token's key/value row) is divided by its largest
-|feature| in the kernel (undone on its scores), and each tile's value weights `p * scale` by the tile's
-largest record scale (undone on the dot).
+BLOCK_N slots it loads each record part as raw words per group of 16 codes (32-bit words from two int16 loads,
+16-bit units from two byte loads: records are only 2-byte aligned), turns them into codebook levels with the
+PTX programs of unpack_asm.py (a reference path of per-code table loads in Triton's interpreter), and does both
+products as `tl.dot`: keys in float16 (each query row, and a fresh token's key/value row, divided by its largest
+|feature|, undone on its scores; record scales applied to the scores in float32), values in bfloat16 (the weights
+p * record scale keep float32's range); float32 in the interpreter.
 """
 from __future__ import annotations
 
