@@ -312,19 +312,19 @@ def paged_attention(
                                        MAP_STRIDE=_head_stride(kmaps.query), PREC=prec)
     new = None if new_key is None else (_to_features(new_key, kmaps), _to_features(new_value, vmaps))
     decode = max_query_len == 1
-    tok = max(1, PREFILL_ROWS // triton.next_power_of_2(group))
+    gpp = triton.next_power_of_2(group)  # query heads per token in a prefill tile, padded
+    tok = max(1, PREFILL_ROWS // gpp)
     tiles = num_seqs if decode else tq // tok + num_seqs
     splits = num_splits or _num_splits(tiles * hkv, max_seq_len, device)
     rows = tq * hq
     target = torch.empty(splits, rows, fv, dtype=torch.float32, device=device)
-    m = torch.empty(splits if splits > 1 else 1, rows, dtype=torch.float32, device=device)
+    m = torch.empty(splits, rows, dtype=torch.float32, device=device)
     lse = torch.empty_like(m)
     if decode:
         triton_decode.launch(qf, cache, layout, kspec, vspec, block_table, seq_lens, query_start_loc, new,
                              constants(device), target, m, lse, splits)
     else:
         nk, nv = new or (qf, qf)  # placeholders: never read unless HAS_NEW
-        gpp = triton.next_power_of_2(group)
         _attention_kernel[(tiles, hkv, splits)](
             qf, cache, block_table, seq_lens, query_start_loc, nk, nv, constants(device), target, m, lse,
             block_table.stride(0), num_seqs, rows, splits,
