@@ -95,6 +95,9 @@ def _eval_quality(args: argparse.Namespace) -> int:
     formats = args.formats.split(",") if args.formats else list(FORMATS_DEFAULT)
     for name in formats:
         get_format(name)
+    if args.jobs < 1 or args.exact_first < 0:  # before the model loads
+        raise ValueError(f"--jobs must be at least 1 and --exact-first at least 0, got {args.jobs}, {args.exact_first}")
+    pairs = _pairs(args.pairs)
     lm, ids, source = _model_and_text(args)
     keep = frozenset(int(i) for i in args.keep_bf16.split(",") if i.strip()) if args.keep_bf16 else frozenset()
     if any(not 0 <= i < lm.num_layers for i in keep):
@@ -113,11 +116,9 @@ def _eval_quality(args: argparse.Namespace) -> int:
     if args.calibrated_only and cal is None:
         raise ValueError("--calibrated-only contradicts --no-calibration")
     plan = RowPlan(tuple(formats), calibrated=cal is not None, uncalibrated=not args.calibrated_only,
-                   peers=not args.no_peers, variants=args.variants, pairs=_pairs(args.pairs))
+                   peers=not args.no_peers, variants=args.variants, pairs=pairs)
     if args.variants and cal is None:
         raise ValueError("--variants are calibrated rows; drop --no-calibration")
-    if args.jobs < 1 or args.exact_first < 0:
-        raise ValueError(f"--jobs must be at least 1 and --exact-first at least 0, got {args.jobs}, {args.exact_first}")
     meta = {
         "model": str(lm.path), "corpus": source, "eval_tokens": int(eval_ids.numel()), "window": args.window,
         "calibration": cal.corpus if cal else None, "prompts": args.prompts, "prompt_tokens": args.prompt_tokens,

@@ -21,6 +21,29 @@ def test_pairs_parse_and_refuse_bad_items():
         _pairs("isoquant9:isoquant3")
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--jobs", "0"], "--jobs must be at least 1"),
+    (["--exact-first", "-1"], "--exact-first at least 0"),
+    (["--pairs", "isoquant4"], "KEY_FORMAT:VALUE_FORMAT"),
+])
+def test_bad_options_are_refused_before_the_model_loads(extra, message, capsys):
+    from multi_turboquant.cli import main
+
+    # a model folder that does not exist: reaching the model load would fail with another message
+    assert main(["eval", "quality", "--model", "/nonexistent/model", *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_calibrate_refuses_a_negative_sink_weight():
+    from multi_turboquant.eval.calibrate import calibrate
+
+    class Model:
+        head_dim = D
+
+    with pytest.raises(ValueError, match="sink weight must be at least 0"):
+        calibrate(Model(), torch.zeros(8, dtype=torch.long), 4, 0, "unused.json", "test", sink_weight=-1.0)
+
+
 def test_pair_rows_count_each_stream_in_its_own_format():
     plan = RowPlan(("isoquant3",), calibrated=True, uncalibrated=False, peers=False,
                    pairs=(("isoquant4", "turboquant25"),))
