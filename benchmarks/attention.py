@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from multi_turboquant.formats.params import ChannelParams  # noqa: E402
 from multi_turboquant.formats.registry import FORMATS  # noqa: E402
 from multi_turboquant.kernels import naive  # noqa: E402
 from multi_turboquant.kernels.layout import KVCacheLayout  # noqa: E402
@@ -98,7 +99,8 @@ def passed(c: dict) -> bool:
 
 
 def check(head_dims: list[int], formats: list[str]) -> list[dict]:
-    """Kernel vs reference vs float32 attention over the original K/V on a GQA-8 batch with ragged contexts.
+    """Kernel vs reference vs float32 attention over the original K/V on a GQA-8 batch with ragged contexts, without
+    calibration and with a key centroid (format version 2; an eighth of the keys lie near it, as sink-like keys).
 
     A kernel that raises (compile error, CUDA fault) gives a failed row with the error; the caller exits 1."""
     rows = []
@@ -111,43 +113,49 @@ def check(head_dims: list[int], formats: list[str]) -> list[dict]:
         print(f"# check {fmt} d={d} {'decode' if decode else 'decode+prefill'} (compiling on first use)", flush=True)
         layout = KVCacheLayout(fmt, fmt, d, hkv, bs)
         pages = [-(-n // bs) for n in seq_lens]
-        cache = torch.full(layout.shape(sum(pages) + 1), 0xFF, dtype=torch.uint8, device="cuda")
         table = torch.zeros(len(seq_lens), max(pages), dtype=torch.int32, device="cuda")
         perm = torch.randperm(sum(pages), device="cuda", generator=gen).int()
-        ks, vs, used = [], [], 0
+        centroid = torch.randn(hkv, d, device="cuda", generator=gen) * 3
+        ks, vs, slots, used = [], [], [], 0
         for b, n in enumerate(seq_lens):
             table[b, :pages[b]] = perm[used:used + pages[b]]
             used += pages[b]
             # keys with a few large channels, as real keys have
             k = torch.randn(n, hkv, d, device="cuda", generator=gen) * (1 + 4 * (torch.arange(d, device="cuda") % 17 == 0))
-            v = torch.randn(n, hkv, d, device="cuda", generator=gen)
-            slots = (table[b, :pages[b]].long()[:, None] * bs + torch.arange(bs, device="cuda")).reshape(-1)[:n]
-            naive.store(k, v, cache, slots, layout)
+            near = torch.rand(n, device="cuda", generator=gen) < 0.125
+            k[near] = centroid + 0.1 * torch.randn(int(near.sum()), hkv, d, device="cuda", generator=gen)
             ks.append(k)
-            vs.append(v)
+            vs.append(torch.randn(n, hkv, d, device="cuda", generator=gen))
+            slots.append((table[b, :pages[b]].long()[:, None] * bs + torch.arange(bs, device="cuda")).reshape(-1)[:n])
         qsl = torch.tensor([0] + q_lens, device="cuda").cumsum(0).int()
         query = torch.randn(sum(q_lens), QUERY_HEADS, d, device="cuda", generator=gen, dtype=torch.bfloat16)
         new_k = torch.cat([k[n - q:] for k, n, q in zip(ks, seq_lens, q_lens)]).bfloat16()
         new_v = torch.cat([v[n - q:] for v, n, q in zip(vs, seq_lens, q_lens)]).bfloat16()
-        args = (query, cache, layout, table, torch.tensor(seq_lens, device="cuda", dtype=torch.int32), qsl, d ** -0.5)
         exact = torch.cat([naive.attend(query[qsl[b]:qsl[b + 1]], ks[b], vs[b], d ** -0.5, n - q)
                            for b, (n, q) in enumerate(zip(seq_lens, q_lens))])
-        for fresh in (False, True):
-            extra = (None, None, new_k, new_v) if fresh else ()
-            row = {"format": fmt, "head_dim": d, "batch": "decode" if decode else "decode+prefill",
-                   "fresh_new_tokens": fresh}
-            try:
-                ref = naive.paged_attention(*args, *extra)
-                out = torch.full_like(query, float("nan"))
-                paged_attention(*args, *extra, out=out)
-                torch.cuda.synchronize()
-                row.update(nan=bool(out.isnan().any()), err_vs_reference=rel_err(out, ref),
-                           kernel_err_vs_fp32=rel_err(out, exact), reference_err_vs_fp32=rel_err(ref, exact))
-                row["ok"] = passed(row)
-            except Exception as e:  # report and go on: one format's failure must not hide the others'
-                row.update(ok=False, error=f"{type(e).__name__}: {e}"[:300])
-            rows.append(row)
-            print(check_row(row), flush=True)
+        for key_params in (None, ChannelParams(offset=0.1 * torch.randn(hkv, d, device="cuda", generator=gen),
+                                               centroid=centroid)):
+            cache = torch.full(layout.shape(sum(pages) + 1), 0xFF, dtype=torch.uint8, device="cuda")
+            for k, v, s in zip(ks, vs, slots):
+                naive.store(k, v, cache, s, layout, key_params)
+            args = (query, cache, layout, table, torch.tensor(seq_lens, device="cuda", dtype=torch.int32), qsl,
+                    d ** -0.5, key_params)
+            for fresh in ((False, True) if key_params is None else (True,)):
+                extra = (None, new_k, new_v) if fresh else ()
+                row = {"format": fmt, "head_dim": d, "batch": "decode" if decode else "decode+prefill",
+                       "fresh_new_tokens": fresh, "key_centroid": key_params is not None}
+                try:
+                    ref = naive.paged_attention(*args, *extra)
+                    out = torch.full_like(query, float("nan"))
+                    paged_attention(*args, *extra, out=out)
+                    torch.cuda.synchronize()
+                    row.update(nan=bool(out.isnan().any()), err_vs_reference=rel_err(out, ref),
+                               kernel_err_vs_fp32=rel_err(out, exact), reference_err_vs_fp32=rel_err(ref, exact))
+                    row["ok"] = passed(row)
+                except Exception as e:  # report and go on: one format's failure must not hide the others'
+                    row.update(ok=False, error=f"{type(e).__name__}: {e}"[:300])
+                rows.append(row)
+                print(check_row(row), flush=True)
     return rows
 
 
@@ -159,7 +167,8 @@ def vllm_flash(query, k_pages, v_pages, table, seq_lens, qsl, max_seq_len, scale
                                           causal=True, block_table=table)
 
 
-def store_fn(layout: KVCacheLayout, cache: torch.Tensor, batch: int, gen: torch.Generator):
+def store_fn(layout: KVCacheLayout, cache: torch.Tensor, batch: int, gen: torch.Generator,
+             key_params: ChannelParams | None = None):
     """One decode step's store (batch tokens) with the Triton store kernel, or None when it is absent."""
     try:
         from multi_turboquant.kernels.triton_store import store
@@ -168,7 +177,7 @@ def store_fn(layout: KVCacheLayout, cache: torch.Tensor, batch: int, gen: torch.
     key = torch.randn(batch, layout.num_kv_heads, layout.head_dim, device="cuda", generator=gen).bfloat16()
     value = torch.randn_like(key)
     slots = torch.randperm(cache.shape[0] * layout.block_size, device="cuda", generator=gen)[:batch]
-    return lambda: store(key, value, cache, slots, layout)
+    return lambda: store(key, value, cache, slots, layout, key_params)
 
 
 def sweep(args: argparse.Namespace) -> list[dict]:
@@ -239,7 +248,9 @@ def run_case(args, base, d, hkv, ctx, batch, gen, flush) -> list[dict]:
         print(f"# {fmt} d={d} ctx={ctx} batch={batch}: tile {triton_decode.tile(*[record_spec(fmt, d)] * 2)} "
               "(compiling on first use)",
               flush=True)
-        fn = lambda: paged_attention(query, cache, layout, table, seq_lens, qsl, scale,  # noqa: E731
+        key_params = ChannelParams(centroid=torch.randn(hkv, d, device="cuda", generator=gen)) \
+            if args.key_centroid else None
+        fn = lambda: paged_attention(query, cache, layout, table, seq_lens, qsl, scale, key_params,  # noqa: E731
                                      max_query_len=1, max_seq_len=ctx, out=out)
         try:
             ms = time_graph(fn, flush, args.reps)
@@ -248,24 +259,25 @@ def run_case(args, base, d, hkv, ctx, batch, gen, flush) -> list[dict]:
             rows.append({**base, "impl": fmt, "error": f"{type(e).__name__}: {e}"[:300]})
             continue
         try:
-            put = store_fn(layout, cache, batch, gen) if args.store else None
+            put = store_fn(layout, cache, batch, gen, key_params) if args.store else None
             store_us = time_eager(put, args.reps) * 1e3 / batch if put else None
         except Exception as e:  # another worker's kernel: report, do not stop the sweep
             print(f"store kernel failed for {fmt}: {type(e).__name__}: {e}", file=sys.stderr)
             store_us = None
-        impl = fmt if len(args.tile) == 1 else f"{fmt} (block_n {block_n}, {warps} warps)"
+        impl = (fmt if len(args.tile) == 1 else f"{fmt} (block_n {block_n}, {warps} warps)") + \
+            (" +centroid" if args.key_centroid else "")
         record(impl, ms, batch * ctx * hkv * layout.slot_bytes, vs_bf16=ms / bf16_ms, store_us_per_token=store_us)
         cache = None
     return rows
 
 
-CHECK_HEADER = ("| format | d | batch | fresh new tokens | NaN | err vs reference | kernel err vs fp32 "
-                "| reference err vs fp32 | ok |\n|---|---|---|---|---|---|---|---|---|")
+CHECK_HEADER = ("| format | d | batch | fresh new tokens | key centroid | NaN | err vs reference | kernel err vs fp32 "
+                "| reference err vs fp32 | ok |\n|---|---|---|---|---|---|---|---|---|---|")
 CASE_HEADER = "| d | gqa | ctx | batch | impl | ms | floor MB | GB/s | × bf16 | store µs/token |\n" + "|---" * 10 + "|"
 
 
 def check_row(c: dict) -> str:
-    head = f"| {c['format']} | {c['head_dim']} | {c['batch']} | {c['fresh_new_tokens']} "
+    head = f"| {c['format']} | {c['head_dim']} | {c['batch']} | {c['fresh_new_tokens']} | {c['key_centroid']} "
     if "error" in c:
         return head + f"| | | | | FAILED: {c['error']} |"
     return head + (f"| {c['nan']} | {c['err_vs_reference']:.2e} | {c['kernel_err_vs_fp32']:.4f} "
@@ -299,6 +311,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--check-only", action="store_true", help="skip the timing sweep")
     p.add_argument("--no-store", dest="store", action="store_false", help="skip the store kernel's timing")
+    p.add_argument("--key-centroid", action="store_true",
+                   help="time the formats with a key centroid (format version 2: the flagged keys' score term)")
     args = p.parse_args(argv)
     args.tile = args.tile or [(0, 0)]  # 0: the per-format default (triton_decode.tile)
     if not torch.cuda.is_available():

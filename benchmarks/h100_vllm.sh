@@ -4,6 +4,9 @@
 # anchor_bench.py from that kit. Writes to $OUT. Two steps, each one device call (10-minute limit):
 #   bash benchmarks/h100_vllm.sh sweep          # assemble, warm Triton's cache, the decode attention sweep
 #   bash benchmarks/h100_vllm.sh e2e DTYPES     # kernel checks, then vLLM 0.26.0 end to end (anchor_bench, graphs)
+#   bash benchmarks/h100_vllm.sh v2             # kernel checks (with key centroids), the loader against vLLM's,
+#                                                # decode with and without a key centroid at the target shape
+#   bash benchmarks/h100_vllm.sh quality        # benchmarks/quality_gpu.sh on the SmolLM2 model (.carry/licenses.txt)
 set -u
 STEP=${1:-sweep}
 export PYTHONUNBUFFERED=1
@@ -19,7 +22,29 @@ export PYTHONPATH=$PWD:/tmp/mtqsite:/tmp/gpuvllm/site:/tmp/gpuvllm/vllm-parent V
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 FORMATS="isoquant3 isoquant4 planarquant3 planarquant4 turboquant25 turboquant35"
 HEAD_DIMS=${HEAD_DIMS:-64 128}  # both take longer than one call: run HEAD_DIMS=64, then HEAD_DIMS=128
-if [ "$STEP" = sweep ]; then
+checks() {  # every format's correctness check, one process per format, in parallel
+  local pids=() rc=0
+  for f in $FORMATS; do
+    timeout 300 python3 benchmarks/attention.py --check --check-only --formats $f > /tmp/logs/check_$f.txt 2>&1 &
+    pids+=($!)
+  done; for p in "${pids[@]}"; do wait $p || rc=1; done
+  cat /tmp/logs/check_*.txt > "$OUT/checks.md"; grep -h "FAIL\|passed" /tmp/logs/check_*.txt; echo "check rc=$rc"
+}
+if [ "$STEP" = v2 ]; then
+  checks
+  python3 benchmarks/loader.py --make-synthetic /tmp/mtq-bench --size-gib 4 > /dev/null
+  for ckpt in /tmp/mtq-bench /tmp/gpuvllm/smollm2-135m-hf; do
+    timeout 200 python3 benchmarks/loader.py $ckpt --device cuda --repeats 5 --json "$OUT/loader_$(basename $ckpt).json" \
+      2>&1 | tail -20 | tee -a "$OUT/loader.md"
+  done
+  for cen in "" --key-centroid; do
+    timeout 150 python3 benchmarks/attention.py --head-dims 128 --gqa 8 --contexts 16384 --batches 8 --reps 20 \
+      --formats isoquant3 isoquant4 turboquant25 turboquant35 $cen 2>&1 | grep -v "^#" | tee -a "$OUT/centroid_timing.md"
+  done
+elif [ "$STEP" = quality ]; then
+  OUT="$OUT/q" JOBS=${JOBS:-12} timeout 570 bash benchmarks/quality_gpu.sh /tmp/gpuvllm/smollm2-135m-hf .carry/licenses.txt \
+    | grep -v "Loading weights" | tail -60
+elif [ "$STEP" = sweep ]; then
   # compile every decode configuration of the sweep in parallel (one process per format), then time sequentially
   pids=()
   for f in $FORMATS; do
@@ -30,10 +55,7 @@ if [ "$STEP" = sweep ]; then
     --batches 1 8 32 --reps 10 --json "$OUT/attention.json" 2>&1 | tee "$OUT/attention.md" | grep -v "^#"
   echo "sweep rc=${PIPESTATUS[0]}"
 else
-  pids=(); rc=0
-  for f in $FORMATS; do
-    timeout 200 python3 benchmarks/attention.py --check --check-only --formats $f > $OUT/check_$f.txt 2>&1 & pids+=($!)
-  done; for p in "${pids[@]}"; do wait $p || rc=1; done; grep -h "FAIL\|passed" $OUT/check_*.txt; echo "check rc=$rc"
+  checks
   timeout 420 python3 .carry/anchor_bench.py --model /tmp/gpuvllm/smollm2-135m-hf --text-dir /tmp/gpuvllm/bundle/texts \
       --out /tmp/anchor --mode graphs --quick --dtypes "${2:-auto,isoquant3}" --timeout-per 200 2>&1 | tail -40 > "$OUT/anchor.md"
   cat "$OUT/anchor.md"; cp -r /tmp/anchor /tmp/logs/ 2>/dev/null; tar -czf "$OUT/logs.tgz" -C /tmp/logs .

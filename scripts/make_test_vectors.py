@@ -48,6 +48,16 @@ def build(name: str) -> dict:
         p = params_for(fmt, d, g)
         entries.append({"head_dim": d, "case": "calibrated", "input": f32_hex(x), "params": p.to_json(),
                         "packed": [bytes(r.tolist()).hex() for r in fmt.encode(x, p)]})
+    g = torch.Generator().manual_seed(5678)  # version 2's cases, after (and apart from) version 1's
+    for d in HEAD_DIMS:
+        p = params_for(fmt, d, g)
+        centroid = torch.randn(d, generator=g) * 2
+        p = ChannelParams(p.offset, p.scale, p.outliers, centroid)
+        # near the centroid (flagged), random (not), the centroid itself (flagged, scale 0: decodes to it exactly)
+        x = torch.cat((centroid + 0.1 * torch.randn(2, d, generator=g), torch.randn(2, d, generator=g),
+                       centroid[None]))
+        entries.append({"head_dim": d, "case": "centroid", "input": f32_hex(x), "params": p.to_json(),
+                        "packed": [bytes(r.tolist()).hex() for r in fmt.encode(x, p)]})
     return {"format": name, "format_version": FORMAT_VERSION, "vectors": entries}
 
 

@@ -223,12 +223,50 @@ def test_per_head_params_broadcast():
 
 def test_params_json_roundtrip(tmp_path):
     p = mtq.ChannelParams(offset=torch.randn(2, 64), scale=torch.rand(2, 64) + 0.1,
-                          outliers=torch.tensor([[1, 2], [3, 4]]))
+                          outliers=torch.tensor([[1, 2], [3, 4]]), centroid=torch.randn(2, 64))
     p.save(tmp_path / "p.json")
     q = mtq.ChannelParams.load(tmp_path / "p.json")
-    assert torch.equal(p.offset, q.offset) and torch.equal(p.scale, q.scale) and torch.equal(p.outliers, q.outliers)
+    assert all(torch.equal(getattr(p, f), getattr(q, f)) for f in ("offset", "scale", "outliers", "centroid"))
     with pytest.raises(ValueError, match="format version"):
         mtq.ChannelParams.from_json({"format_version": 999, "offset": [0.0] * 64})
+    v1 = mtq.ChannelParams.from_json({"format_version": 1, "offset": [0.5] * 64})  # version 1 reads the same
+    assert torch.equal(v1.offset, torch.full((64,), 0.5)) and v1.centroid is None
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_centroid_flags_the_vectors_nearer_to_it(name):
+    fmt = mtq.get_format(name)
+    gen = torch.Generator().manual_seed(7)
+    offset, centroid = torch.randn(3, 64, generator=gen) * 0.2, torch.randn(3, 64, generator=gen) * 4
+    x = torch.randn(40, 3, 64, generator=gen)
+    x[:15] = centroid + 0.3 * torch.randn(15, 3, 64, generator=gen)  # sink-like vectors
+    scale = None if fmt.family == "turboquant" else torch.rand(3, 64, generator=gen) + 0.5
+    plain = mtq.ChannelParams(offset=offset, scale=scale)
+    params = mtq.ChannelParams(offset=offset, scale=scale, centroid=centroid)
+    packed = fmt.encode(x, params)
+    flags = packed[..., -fmt.flag_byte] >= 0x80
+    s = 1 if scale is None else scale
+    nearer = (((x - centroid) / s) ** 2).sum(-1) < (((x - offset) / s) ** 2).sum(-1)
+    assert torch.equal(flags, nearer) and flags[:15].all() and not flags[15:].all()
+    # unflagged records are the version-1 bytes; flagged ones are the bytes of x - centroid, sign bit set
+    assert torch.equal(packed[~flags], fmt.encode(x, plain)[~flags])
+    alt = fmt.encode(x, mtq.ChannelParams(offset=centroid, scale=scale))
+    alt[..., -fmt.flag_byte] |= 0x80
+    assert torch.equal(packed[flags], alt[flags])
+    out = fmt.decode(packed, 64, params=params)
+    err, err_plain = rel_mse(out, x), rel_mse(fmt.decode(fmt.encode(x, plain), 64, params=plain), x)
+    assert err < 0.6 * err_plain  # the sink-like vectors are stored as small residuals
+    assert fmt.decode(packed, 64, params=plain).isfinite().all()  # without the centroid the flag is ignored
+
+
+def test_centroid_ties_and_the_centroid_itself():
+    fmt = mtq.get_format("isoquant4")
+    c = torch.randn(64)
+    params = mtq.ChannelParams(offset=-c, centroid=c)
+    x = torch.stack((c, torch.zeros(64)))  # at the centroid; equidistant (a tie keeps the offset)
+    packed = fmt.encode(x, params)
+    assert (packed[:, -1] >> 7).tolist() == [1, 0]
+    assert torch.equal(fmt.decode(packed, 64, params=params)[0], c)  # scale 0 with the flag: exactly c
 
 
 @pytest.mark.parametrize("params, message", [
@@ -239,6 +277,8 @@ def test_params_json_roundtrip(tmp_path):
     (dict(outliers=torch.arange(33)), "33 outlier channels exceed head_dim/2"),
     (dict(outliers=torch.tensor([3, 64])), "outlier channel index out of range"),
     (dict(outliers=torch.tensor([3, 3])), "outlier channel indices repeat"),
+    (dict(centroid=torch.zeros(48)), "centroid has last dim 48"),
+    (dict(centroid=torch.full((64,), float("inf"))), "centroid contains NaN or Inf"),
 ])
 def test_bad_params(params, message):
     with pytest.raises(ValueError, match=f"turboquant35: {message}"):

@@ -28,7 +28,7 @@ def test_vectors_encode_bit_exact(name):
     fmt = mtq.get_format(name)
     cases = {(e["head_dim"], e["case"]) for e in data["vectors"]}
     assert {d for d, _ in cases} == {64, 96, 128, 256}
-    assert {c for _, c in cases} == {"gaussian", "outliers", "tiny", "zero", "calibrated"}
+    assert {c for _, c in cases} == {"gaussian", "outliers", "tiny", "zero", "calibrated", "centroid"}
     for entry in data["vectors"]:
         d = entry["head_dim"]
         x = floats(entry["input"], d)
@@ -40,9 +40,15 @@ def test_vectors_encode_bit_exact(name):
         out = fmt.decode(expected, d, params=params)
         if entry["case"] == "zero":
             assert torch.equal(out, torch.zeros_like(x))
-        else:  # iso/planar without calibration are weak on outlier channels (BENCHMARKS.md)
-            bound = 0.8 if entry["case"] == "outliers" else 0.45
-            assert ((out - x).norm() / x.norm()).item() < bound
+            continue
+        if entry["case"] == "centroid":  # rows 0, 1 and 4 lie at the centroid: flagged; row 4 decodes to it exactly
+            flags = (expected[:, -fmt.flag_byte] >> 7).tolist()
+            assert flags == [1, 1, 0, 0, 1], f"{name} d={d}: flags {flags}"
+            assert torch.equal(out[4], params.centroid)
+            out, x = out[:4], x[:4]
+        # iso/planar without calibration are weak on outlier channels (BENCHMARKS.md)
+        bound = 0.8 if entry["case"] == "outliers" else 0.45
+        assert ((out - x).norm() / x.norm()).item() < bound
 
 
 def test_vectors_catch_a_changed_constant(monkeypatch):

@@ -51,9 +51,11 @@ def collect_kv(lm: LoadedModel, ids: torch.Tensor, window: int) -> list[LayerKV]
     return layers
 
 
-def fit_layers(kv: list[LayerKV], n_outliers: int,
-               sink_weight: float = 0.0) -> list[tuple[ChannelParams, ChannelParams]]:
-    """Per layer and stream: channel mean (offset), RMS around it (scale), the n_outliers largest-RMS channels.
+def fit_layers(kv: list[LayerKV], n_outliers: int, sink_weight: float = 0.0,
+               centroid: bool = True) -> list[tuple[ChannelParams, ChannelParams]]:
+    """Per layer and stream: channel mean (offset), RMS around it (scale), the n_outliers largest-RMS channels;
+    with `centroid`, the keys' centroid is the mean key at position 0 (the attention sink: keys near it are
+    stored relative to it, format version 2).
 
     sink_weight w > 0 widens the key scale where the attention sink's key sits far from the mean:
     scale = sqrt(RMS^2 + w (sink key - mean)^2), so the sink's canonical key is less of a spike for the 4- and
@@ -66,12 +68,14 @@ def fit_layers(kv: list[LayerKV], n_outliers: int,
         if sink_weight:
             wide = (key.scale.pow(2) + sink_weight * (s.sink_key - key.offset).pow(2)).sqrt()
             key = ChannelParams(key.offset, wide, key.outliers)
+        if centroid:
+            key = ChannelParams(key.offset, key.scale, key.outliers, s.sink_key)
         layers.append((key, value))
     return layers
 
 
 def calibrate(lm: LoadedModel, ids: torch.Tensor, window: int, n_outliers: int, path, corpus: str,
-              sink_weight: float = 0.0):
+              sink_weight: float = 0.0, centroid: bool = True):
     """Collect K/V over ids, fit every layer, write the calibration file at path; returns the Calibration."""
     from ..formats.calibration import save_calibration
 
@@ -79,6 +83,6 @@ def calibrate(lm: LoadedModel, ids: torch.Tensor, window: int, n_outliers: int, 
         raise ValueError(f"outliers must be between 0 and head_dim/2 = {lm.head_dim // 2}, got {n_outliers}")
     if not sink_weight >= 0:
         raise ValueError(f"sink weight must be at least 0, got {sink_weight}")
-    layers = fit_layers(collect_kv(lm, ids, window), n_outliers, sink_weight)
+    layers = fit_layers(collect_kv(lm, ids, window), n_outliers, sink_weight, centroid)
     return save_calibration(path, layers, head_dim=lm.head_dim, num_kv_heads=lm.num_kv_heads, model=str(lm.path),
                             corpus=f"{corpus}, {ids.numel()} tokens")

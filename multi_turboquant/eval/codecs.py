@@ -27,11 +27,14 @@ class Codec:
 
 
 def format_codec(fmt: KVFormat | str) -> Codec:
-    """One of the six formats, encoded and decoded by the reference codec."""
+    """One of the six formats: encoded by `kernels.ops.encode` (the store kernel on CUDA, the same bytes as the
+    reference codec elsewhere), decoded by the reference codec."""
+    from ..kernels import ops
+
     fmt = get_format(fmt) if isinstance(fmt, str) else fmt
 
     def roundtrip(x: torch.Tensor, params: ChannelParams | None) -> torch.Tensor:
-        return fmt.decode(fmt.encode(x, params), x.shape[-1], params=params)
+        return fmt.decode(ops.encode(x, fmt.name, params), x.shape[-1], params=params)
 
     return Codec(fmt.name, fmt.family, fmt.bytes_per_vector, roundtrip)
 

@@ -51,7 +51,7 @@ def _on_device(params: ChannelParams | None, device: torch.device | str) -> Chan
     """The calibration tensors moved once to the model's device (not on every call)."""
     if params is None:
         return None
-    return ChannelParams(*(None if t is None else t.to(device) for t in (params.offset, params.scale, params.outliers)))
+    return params.map(lambda t: t.to(device))
 
 
 @dataclass

@@ -20,6 +20,7 @@ class KVFormat(ABC):
     name: str
     family: str
     bits: float  # payload bits per coordinate
+    flag_byte: int  # the byte holding the sign bit of the record's (non-negative) scale, counted from the end
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
@@ -62,10 +63,18 @@ class KVFormat(ABC):
             raise ValueError(f"{self.name}: input contains NaN or Inf")
         params = self._check_params(params, head_dim)
         lead = x.shape[:-1]
-        canon = self.to_canonical(x.to(torch.float32), params, head_dim).reshape(-1, head_dim)
+        x = x.to(torch.float32)
+        canon = self.to_canonical(x, params, head_dim).reshape(-1, head_dim)
+        flag = None
+        if params.centroid is not None:  # nearer the centroid (strictly, by tree sums of squares): relative to it
+            alt = self.to_canonical(x, params.recentered(), head_dim).reshape(-1, head_dim)
+            flag = tree_sum(alt * alt) < tree_sum(canon * canon)
+            canon = torch.where(flag, alt, canon)
         out = torch.empty(canon.shape[0], nbytes, dtype=torch.uint8, device=x.device)
         for start in range(0, canon.shape[0], CHUNK_ROWS):
             out[start:start + CHUNK_ROWS] = self._encode_rows(canon[start:start + CHUNK_ROWS])
+        if flag is not None:
+            out[:, nbytes - self.flag_byte] |= flag[:, 0].to(torch.uint8) << 7
         return out.reshape(*lead, nbytes)
 
     def decode(
@@ -88,10 +97,20 @@ class KVFormat(ABC):
         params = self._check_params(params, head_dim)
         lead = packed.shape[:-1]
         rows = packed.reshape(-1, nbytes)
+        # the scale's sign bit flags a record stored relative to the centroid; like the offset and scale, it means
+        # something only with the calibration the record was encoded with (without a centroid it is ignored)
+        flag = rows[:, nbytes - self.flag_byte] >= 0x80
+        rows = rows.clone()
+        rows[:, nbytes - self.flag_byte] &= 0x7F
         out = torch.empty(rows.shape[0], head_dim, dtype=torch.float32, device=packed.device)
         for start in range(0, rows.shape[0], CHUNK_ROWS):
             out[start:start + CHUNK_ROWS] = self._decode_rows(rows[start:start + CHUNK_ROWS], head_dim)
-        out = self.from_canonical(out.reshape(*lead, head_dim), params, head_dim)
+        out = out.reshape(*lead, head_dim)
+        if params.centroid is None:
+            out = self.from_canonical(out, params, head_dim)
+        else:
+            out = torch.where(flag.reshape(*lead, 1), self.from_canonical(out, params.recentered(), head_dim),
+                              self.from_canonical(out, params, head_dim))
         limit = torch.finfo(dtype).max  # a reconstruction may overshoot the input's largest value
         return out.clamp(-limit, limit).to(dtype)
 

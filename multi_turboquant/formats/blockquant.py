@@ -1,7 +1,7 @@
 """IsoQuant and PlanarQuant: a fixed random rotation per block of 4 (or 2) coordinates, then a
 Lloyd-Max codebook on the unit-RMS rotated vector with a least-squares bf16 scale.
 
-Record: [code planes, d*b/8 bytes][scale: bfloat16, 2 bytes].
+Record: [code planes, d*b/8 bytes][scale: bfloat16, 2 bytes; sign bit = centroid flag].
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from .transforms import BlockRotation, givens_blocks, quaternion_blocks
 
 class BlockRotationFormat(KVFormat):
     """Shared codec of the iso (4-D blocks) and planar (2-D blocks) families."""
+
+    flag_byte = 1  # the scale's high byte ends the record
 
     def __init__(self, bits: int) -> None:
         self.bits = bits

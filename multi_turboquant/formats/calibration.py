@@ -12,14 +12,15 @@ from pathlib import Path
 
 import torch
 
-from .params import ChannelParams
-from .version import FORMAT_VERSION
+from .params import FIELDS, ChannelParams
+from .version import FORMAT_VERSION, READABLE_VERSIONS
 
 KIND = "mtq-kv-calibration"
 STREAMS = ("key", "value")
 # Fields each format family reads: TurboQuant sends the outlier channels to its high-precision half
 # (a per-channel scale would flatten them first); IsoQuant/PlanarQuant equalize channels with the scale.
-FAMILY_FIELDS = {"turboquant": ("offset", "outliers"), "isoquant": ("offset", "scale"), "planarquant": ("offset", "scale")}
+FAMILY_FIELDS = {"turboquant": ("offset", "outliers", "centroid"), "isoquant": ("offset", "scale", "centroid"),
+                 "planarquant": ("offset", "scale", "centroid")}
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class Calibration:
         keep = FAMILY_FIELDS[family]
         return tuple(  # type: ignore[return-value]
             None if p is None else ChannelParams(**{f: getattr(p, f) if f in keep else None
-                                                    for f in ("offset", "scale", "outliers")})
+                                                    for f in FIELDS})
             for p in self.layers[i]
         )
 
@@ -57,8 +58,9 @@ class Calibration:
         for name, v in (("head_dim", self.head_dim), ("num_kv_heads", self.num_kv_heads)):
             if not isinstance(v, int) or v <= 0:
                 raise ValueError(f"calibration: {name} must be a positive integer, got {v!r}")
-        if self.format_version != FORMAT_VERSION:
-            raise ValueError(f"calibration is for format version {self.format_version!r}, this build reads {FORMAT_VERSION}")
+        if self.format_version not in READABLE_VERSIONS:
+            raise ValueError(f"calibration is for format version {self.format_version!r}, this build reads "
+                             f"{', '.join(map(str, READABLE_VERSIONS))}")
         if not self.layers:
             raise ValueError("calibration has no layers")
         for i, pair in enumerate(self.layers):
@@ -66,7 +68,7 @@ class Calibration:
                 if p is None:
                     continue
                 where = f"calibration layer {i} {stream}"
-                for field in ("offset", "scale"):
+                for field in ("offset", "scale", "centroid"):
                     t = getattr(p, field)
                     if t is not None and tuple(t.shape) != (self.num_kv_heads, self.head_dim):
                         raise ValueError(f"{where}: {field} has shape {tuple(t.shape)}, expected "
@@ -80,14 +82,14 @@ class Calibration:
 def _params_json(p: ChannelParams | None) -> dict | None:
     if p is None:
         return None
-    return {f: getattr(p, f).tolist() for f in ("offset", "scale", "outliers") if getattr(p, f) is not None}
+    return {f: getattr(p, f).tolist() for f in FIELDS if getattr(p, f) is not None}
 
 
 def _params_from_json(data: dict | None, where: str) -> ChannelParams | None:
     if data is None:
         return None
-    if not isinstance(data, dict) or set(data) - {"offset", "scale", "outliers"}:
-        raise ValueError(f"{where}: expected an object with offset/scale/outliers, got {str(data)[:80]}")
+    if not isinstance(data, dict) or set(data) - set(FIELDS):
+        raise ValueError(f"{where}: expected an object with {'/'.join(FIELDS)}, got {str(data)[:80]}")
     try:
         return ChannelParams(**{f: torch.tensor(v, dtype=torch.int64 if f == "outliers" else torch.float32)
                                 for f, v in data.items()})
@@ -127,9 +129,9 @@ def load_calibration(path: str | Path) -> Calibration:
         raise ValueError(f"calibration file {str(p)!r} is not JSON: {e}") from None
     if not isinstance(doc, dict) or doc.get("kind") != KIND:
         raise ValueError(f"{str(p)!r} is not an mtq calibration file (kind {KIND!r})")
-    if doc.get("format_version") != FORMAT_VERSION:
+    if doc.get("format_version") not in READABLE_VERSIONS:
         raise ValueError(f"calibration file is for format version {doc.get('format_version')!r}, "
-                         f"this build reads {FORMAT_VERSION}")
+                         f"this build reads {', '.join(map(str, READABLE_VERSIONS))}")
     n = doc.get("num_layers")
     entries = doc.get("layers")
     if not isinstance(n, int) or not isinstance(entries, list):

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import torch
 
-from .version import FORMAT_VERSION
+from .version import FORMAT_VERSION, READABLE_VERSIONS
+
+FIELDS = ("offset", "scale", "outliers", "centroid")
 
 
 @dataclass(frozen=True)
@@ -18,16 +20,19 @@ class ChannelParams:
         softmax-invariant: q.(k - mu) differs from q.k by a per-query constant).
     scale: (..., d) positive; channels are divided by it before encoding (fold it into the query).
     outliers: (..., k) channel indices, k <= d/2, sent to the higher-precision half (TurboQuant only).
+    centroid: (..., d) a second offset (format version 2; the attention sink's key): a vector nearer to it than
+        to `offset` in the calibrated space is stored relative to it, flagged by its record's scale sign bit.
     Leading dims broadcast against the encoded tensor's (..., heads, d), e.g. (heads, d).
     """
 
     offset: torch.Tensor | None = None
     scale: torch.Tensor | None = None
     outliers: torch.Tensor | None = None
+    centroid: torch.Tensor | None = None
 
     def validate(self, name: str, head_dim: int) -> None:
         """Raise ValueError naming the format and the field when a tensor does not fit head_dim."""
-        for field in ("offset", "scale"):
+        for field in ("offset", "scale", "centroid"):
             t = getattr(self, field)
             if t is None:
                 continue
@@ -52,21 +57,26 @@ class ChannelParams:
     def to_json(self) -> dict:
         return {
             "format_version": FORMAT_VERSION,
-            **{k: getattr(self, k).tolist() for k in ("offset", "scale", "outliers") if getattr(self, k) is not None},
+            **{k: getattr(self, k).tolist() for k in FIELDS if getattr(self, k) is not None},
         }
 
     @classmethod
     def from_json(cls, data: dict) -> "ChannelParams":
-        if data.get("format_version") != FORMAT_VERSION:
+        if data.get("format_version") not in READABLE_VERSIONS:
             raise ValueError(
                 f"channel parameters are for format version {data.get('format_version')!r}, "
-                f"this build reads {FORMAT_VERSION}"
+                f"this build reads {', '.join(map(str, READABLE_VERSIONS))}"
             )
-        return cls(
-            offset=torch.tensor(data["offset"], dtype=torch.float32) if "offset" in data else None,
-            scale=torch.tensor(data["scale"], dtype=torch.float32) if "scale" in data else None,
-            outliers=torch.tensor(data["outliers"], dtype=torch.int64) if "outliers" in data else None,
-        )
+        return cls(**{f: torch.tensor(data[f], dtype=torch.int64 if f == "outliers" else torch.float32)
+                      for f in FIELDS if f in data})
+
+    def map(self, fn) -> "ChannelParams":
+        """These params with fn applied to each tensor present."""
+        return ChannelParams(**{f: None if getattr(self, f) is None else fn(getattr(self, f)) for f in FIELDS})
+
+    def recentered(self) -> "ChannelParams":
+        """These params with the centroid as the offset (how a flagged vector is calibrated)."""
+        return ChannelParams(self.centroid, self.scale, self.outliers)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json()))

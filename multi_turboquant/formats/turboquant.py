@@ -3,7 +3,7 @@ codes (one bit more on the outlier half), and a 1-bit QJL sign sketch of the res
 
 Record (d = head_dim, h = d/2, m = 1 for turboquant25, 2 for turboquant35):
   [outlier-half codes, h*(m+1)/8 B][regular-half codes, h*m/8 B][QJL signs, d/8 B]
-  [rho: bfloat16][theta: uint8][beta: uint8]
+  [rho: bfloat16, sign bit = centroid flag][theta: uint8][beta: uint8]
 """
 from __future__ import annotations
 
@@ -70,6 +70,7 @@ def channel_permutation(head_dim: int, outliers: list[int] | None) -> list[int]:
 
 class TurboQuant(KVFormat):
     family = "turboquant"
+    flag_byte = 3  # rho's high byte, before theta and beta
 
     def __init__(self, mse_bits: int) -> None:
         self.mse_bits = mse_bits  # regular half; the outlier half gets one bit more

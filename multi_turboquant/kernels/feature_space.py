@@ -30,6 +30,7 @@ class FeatureMaps:
     encode: torch.Tensor  # (H, d, F): calibrated fresh vector -> features
     offset: torch.Tensor | None  # (H, d) added to decoded vectors
     inv_scale: torch.Tensor | None  # (H, d) divides fresh vectors (after the offset)
+    centroid_shift: torch.Tensor | None = None  # (H, d) centroid - offset: what a flagged record adds
 
     @property
     def num_features(self) -> int:
@@ -78,6 +79,8 @@ def build_feature_maps(name: str, head_dim: int, num_kv_heads: int, params: Chan
         encode=as32(encode.transpose(1, 2)),
         offset=as32(offset),
         inv_scale=as32(None if scale is None else 1 / scale),
+        centroid_shift=as32(None if params.centroid is None else
+                            _per_head(params.centroid, num_kv_heads, head_dim) - (0 if offset is None else offset)),
     )
 
 

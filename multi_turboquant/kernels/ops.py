@@ -8,6 +8,7 @@ from types import ModuleType
 
 import torch
 
+from ..formats.registry import get_format
 from . import naive
 from .layout import KVCacheLayout
 
@@ -37,6 +38,17 @@ def backend_for(t: torch.Tensor, name: str, layout: KVCacheLayout) -> ModuleType
 @cache
 def _warn_once(message: str) -> None:
     warnings.warn(message, stacklevel=3)
+
+
+def encode(x: torch.Tensor, name: str, params=None) -> torch.Tensor:
+    """get_format(name).encode(x, params) for (..., num_kv_heads, head_dim) x: by the store kernel on CUDA where
+    it serves the shape (same bytes, one launch instead of thousands of small torch ops), else the reference."""
+    if x.dim() >= 2:
+        layout = KVCacheLayout(name, name, x.shape[-1], x.shape[-2], 1)
+        mod = backend_for(x, "triton_store", layout)
+        if mod is not naive:
+            return mod.encode(x, name, params)
+    return get_format(name).encode(x, params)
 
 
 def store(key, value, cache, slot_mapping, layout, key_params=None, value_params=None) -> None:

@@ -36,7 +36,7 @@ def params_to(params: ChannelParams | None, device: torch.device | str) -> Chann
     """A copy of params with its tensors on `device`."""
     if params is None:
         return None
-    return ChannelParams(*(t if t is None else t.to(device) for t in (params.offset, params.scale, params.outliers)))
+    return params.map(lambda t: t.to(device))
 
 
 def compare_records(name: str, x: torch.Tensor, got: torch.Tensor, params: ChannelParams | None = None,
@@ -52,8 +52,7 @@ def compare_records(name: str, x: torch.Tensor, got: torch.Tensor, params: Chann
     worse = 0
     if bad.any():
         d = x.shape[-1]
-        fields = () if params is None else (params.offset, params.scale, params.outliers)
-        sub = params and ChannelParams(*(t if t is None else t.expand(*bad.shape, t.shape[-1])[bad] for t in fields))
+        sub = params and params.map(lambda t: t.expand(*bad.shape, t.shape[-1])[bad])
         err_ref = (fmt.decode(ref[bad], d, torch.float32, sub).double() - x[bad].double()).norm(dim=-1)
         err_got = (fmt.decode(got[bad], d, torch.float32, sub).double() - x[bad].double()).norm(dim=-1)
         worse = int((~(err_got <= err_ref * (1 + tolerance))).sum())  # a NaN error counts as worse

@@ -76,7 +76,7 @@ def _find_sequence(qsl, tile, num_seqs, TOK: tl.constexpr):
 
 @triton.jit(do_not_specialize=["bt_stride", "num_seqs", "num_rows", "num_splits"])  # no recompiles per batch
 def _attention_kernel(
-    q_ptr, cache_ptr, bt_ptr, seq_lens_ptr, qsl_ptr, nk_ptr, nv_ptr, table, out_ptr, m_ptr, l_ptr,
+    q_ptr, qd_ptr, cache_ptr, bt_ptr, seq_lens_ptr, qsl_ptr, nk_ptr, nv_ptr, table, out_ptr, m_ptr, l_ptr,
     bt_stride, num_seqs, num_rows, num_splits,
     HQ: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, TOK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BS: tl.constexpr, SLOT: tl.constexpr,
@@ -84,7 +84,7 @@ def _attention_kernel(
     KTURBO: tl.constexpr, KREC: tl.constexpr,
     VNA: tl.constexpr, VBA: tl.constexpr, VNB: tl.constexpr, VBB: tl.constexpr, VNC: tl.constexpr,
     VTURBO: tl.constexpr, VREC: tl.constexpr,
-    SINGLE: tl.constexpr, HAS_NEW: tl.constexpr, PREC: tl.constexpr,
+    SINGLE: tl.constexpr, HAS_NEW: tl.constexpr, PREC: tl.constexpr, KCEN: tl.constexpr,
 ):
     tile = tl.program_id(0)
     h = tl.program_id(1)
@@ -105,6 +105,8 @@ def _attention_kernel(
     q_pos = first_pos + (tok_start - q_start) + tok
     q_row = (tok_start + tok) * HQ + h * G + g
     qa, qb, qc = load_parts(q_ptr, q_row, row_valid, KNA, KNB, KNC)
+    if KCEN:
+        qd = tl.load(qd_ptr + q_row, mask=row_valid, other=0.0)  # query . (key centroid - offset)
 
     kv_limit = first_pos + (tl.minimum(tok_start + TOK, q_end) - q_start)  # causal end of this tile
     cached = first_pos if HAS_NEW else seq_len
@@ -118,9 +120,12 @@ def _attention_kernel(
         valid = j < end
         page = tl.load(bt_ptr + b * bt_stride + j // BS, mask=valid, other=0).to(tl.int64)
         rows = page_base + (page * HKV * BS + j % BS) * SLOT
-        ka, kb, kc, ksa, ksb, ksc = decode_record(rows, valid, table, KNA, KBA, KNB, KBB, KNC, KTURBO, KREC)
+        ka, kb, kc, ksa, ksb, ksc, kf = decode_record(rows, valid, table, KNA, KBA, KNB, KBB, KNC, KTURBO, KREC)
         s = _scores(qa, qb, qc, ka, kb, kc, ksa, ksb, ksc, KNB, KNC, PREC)
-        va, vb, vc, vsa, vsb, vsc = decode_record(rows + KREC, valid, table, VNA, VBA, VNB, VBB, VNC, VTURBO, VREC)
+        if KCEN:
+            s += qd[:, None] * kf[None, :]
+        va, vb, vc, vsa, vsb, vsc, _ = decode_record(rows + KREC, valid, table, VNA, VBA, VNB, VBB, VNC, VTURBO,
+                                                     VREC)
         mask = valid[None, :] & (j[None, :] <= q_pos[:, None])
         m_i, l_i, acc_a, acc_b, acc_c = _step(s, mask, m_i, l_i, acc_a, acc_b, acc_c, va, vb, vc, vsa, vsb, vsc,
                                               VNB, VNC, PREC)
@@ -143,11 +148,12 @@ def _attention_kernel(
 
 
 @triton.jit(do_not_specialize=["scale", "q_s0", "q_s1"])
-def _query_kernel(q_ptr, map_ptr, qf_ptr, scale, q_s0, q_s1, HKV: tl.constexpr, G: tl.constexpr,
+def _query_kernel(q_ptr, map_ptr, qf_ptr, shift_ptr, qd_ptr, scale, q_s0, q_s1, HKV: tl.constexpr, G: tl.constexpr,
                   GP: tl.constexpr, D: tl.constexpr, F: tl.constexpr, FB: tl.constexpr, MAP_STRIDE: tl.constexpr,
-                  PREC: tl.constexpr):
+                  SHIFT_STRIDE: tl.constexpr, PREC: tl.constexpr, KCEN: tl.constexpr):
     """qf[t, h, :, block f] = (q[t, query heads of KV head h] * scale) @ map[h][:, block f] (D x FB): one program
-    per (token, KV head, FB features)."""
+    per (token, KV head, FB features); with KCEN, the first block's programs also write
+    qd[t, h, :] = (q * scale) . shift[h] (shift = key centroid - key offset)."""
     t = tl.program_id(0)
     h = tl.program_id(1)
     f = tl.program_id(2) * FB + tl.arange(0, FB)
@@ -158,6 +164,9 @@ def _query_kernel(q_ptr, map_ptr, qf_ptr, scale, q_s0, q_s1, HKV: tl.constexpr, 
     qf = tl.dot(q, tl.load(map_ptr + h * MAP_STRIDE + d[:, None] * F + f[None, :]), input_precision=PREC)
     row = (t.to(tl.int64) * HKV + h) * G + r
     tl.store(qf_ptr + row[:, None] * F + f[None, :], qf, mask=(r < G)[:, None])
+    if KCEN:
+        if tl.program_id(2) == 0:
+            tl.store(qd_ptr + row, tl.sum(q * tl.load(shift_ptr + h * SHIFT_STRIDE + d)[None, :], 1), mask=r < G)
 
 
 @triton.jit(do_not_specialize=["num_rows", "num_splits"])
@@ -288,6 +297,9 @@ def paged_attention(
     device = query.device
     kmaps = feature_maps(layout.key_format, layout, key_params, device)
     vmaps = feature_maps(layout.value_format, layout, value_params, device)
+    if vmaps.centroid_shift is not None:
+        raise ValueError("triton attention: a value centroid is not supported (keys only; `mtq calibrate` fits "
+                         "none for values); the torch reference path (kernels.naive) decodes it")
     tq, hq, d = query.shape
     hkv = layout.num_kv_heads
     group = hq // hkv
@@ -306,10 +318,15 @@ def paged_attention(
     fk, fv = kmaps.num_features, vmaps.num_features
     prec = "tf32x3" if device.type == "cuda" else "ieee"
     qf = torch.empty(tq, hkv, group, fk, dtype=torch.float32, device=device)
+    shift = kmaps.centroid_shift
+    qd = None if shift is None else torch.empty(tq, hkv, group, dtype=torch.float32, device=device)
     fb = min(fk, _MAP_BLOCK)
-    _query_kernel[(tq, hkv, fk // fb)](query, kmaps.query, qf, scale * LOG2E, query.stride(0), query.stride(1),
+    _query_kernel[(tq, hkv, fk // fb)](query, kmaps.query, qf, qf if shift is None else shift,
+                                       qf if qd is None else qd, scale * LOG2E, query.stride(0), query.stride(1),
                                        HKV=hkv, G=group, GP=gp, D=d, F=fk, FB=fb,
-                                       MAP_STRIDE=_head_stride(kmaps.query), PREC=prec)
+                                       MAP_STRIDE=_head_stride(kmaps.query),
+                                       SHIFT_STRIDE=0 if shift is None else _head_stride(shift), PREC=prec,
+                                       KCEN=shift is not None)
     new = None if new_key is None else (_to_features(new_key, kmaps), _to_features(new_value, vmaps))
     decode = max_query_len == 1
     gpp = triton.next_power_of_2(group)  # query heads per token in a prefill tile, padded
@@ -322,15 +339,17 @@ def paged_attention(
     lse = torch.empty_like(m)
     if decode:
         triton_decode.launch(qf, cache, layout, kspec, vspec, block_table, seq_lens, query_start_loc, new,
-                             constants(device), target, m, lse, splits)
+                             constants(device), target, m, lse, splits, qd)
     else:
         nk, nv = new or (qf, qf)  # placeholders: never read unless HAS_NEW
         _attention_kernel[(tiles, hkv, splits)](
-            qf, cache, block_table, seq_lens, query_start_loc, nk, nv, constants(device), target, m, lse,
+            qf, qf if qd is None else qd, cache, block_table, seq_lens, query_start_loc, nk, nv, constants(device),
+            target, m, lse,
             block_table.stride(0), num_seqs, rows, splits,
             HQ=hq, HKV=hkv, G=group, GP=gpp, TOK=tok, BLOCK_M=max(16, tok * gpp), BLOCK_N=BLOCK_N,
             BS=layout.block_size, SLOT=layout.slot_bytes, **kspec.constexprs("K"), **vspec.constexprs("V"),
             SINGLE=splits == 1, HAS_NEW=new is not None, PREC="tf32" if device.type == "cuda" else "ieee",
+            KCEN=qd is not None,
             num_warps=NUM_WARPS, num_stages=1,  # no software pipelining: it overflows shared memory at d = 128
         )
     feats = target[0]

@@ -99,24 +99,24 @@ def _part(rows, valid, table, OFF: tl.constexpr, N: tl.constexpr, BITS: tl.const
 
 
 @triton.jit
-def _bf16(rows, valid, OFF: tl.constexpr):
+def _scale(rows, valid, OFF: tl.constexpr):
+    """A record's bfloat16 scale at byte OFF, its sign bit cleared, and that bit (the centroid flag) as 0.0/1.0."""
     lo = tl.load(rows + OFF, mask=valid, other=0).to(tl.int32)
     hi = tl.load(rows + OFF + 1, mask=valid, other=0).to(tl.int32)
-    return ((hi << 24) | (lo << 16)).to(tl.float32, bitcast=True)
+    return (((hi & 0x7F) << 24) | (lo << 16)).to(tl.float32, bitcast=True), (hi >> 7).to(tl.float32)
 
 
 @triton.jit
 def decode_record(rows, valid, table, NA: tl.constexpr, BA: tl.constexpr, NB: tl.constexpr, BB: tl.constexpr,
                   NC: tl.constexpr, TURBO: tl.constexpr, REC: tl.constexpr):
-    """Level tiles (a, b, c) and per-token scales (sa, sb, sc) of the records at `rows`; 0.0 for absent parts.
-
-    Invalid rows read nothing and get zero scales, so garbage slots contribute nothing.
+    """Level tiles (a, b, c), per-token scales (sa, sb, sc) and centroid flags (0.0/1.0) of the records at `rows`;
+    0.0 for absent parts. Invalid rows read nothing and get zero scales, so garbage slots contribute nothing.
     """
     a = _part(rows, valid, table, 0, NA, BA, BA)
     if TURBO:
         b = _part(rows, valid, table, NA * BA // 8, NB, BB, BB)
         c = _part(rows, valid, table, (NA * BA + NB * BB) // 8, NC, 1, 0)
-        rho = _bf16(rows, valid, REC - 4)
+        rho, flag = _scale(rows, valid, REC - 4)
         theta = tl.load(rows + (REC - 2), mask=valid, other=0).to(tl.int32)
         beta = tl.load(rows + (REC - 1), mask=valid, other=0).to(tl.int32)
         sa = rho * tl.load(table + _COS + theta)
@@ -125,10 +125,10 @@ def decode_record(rows, valid, table, NA: tl.constexpr, BA: tl.constexpr, NB: tl
     else:
         b = 0.0
         c = 0.0
-        sa = _bf16(rows, valid, REC - 2)
+        sa, flag = _scale(rows, valid, REC - 2)
         sb = 0.0
         sc = 0.0
-    return a, b, c, sa, sb, sc
+    return a, b, c, sa, sb, sc, flag
 
 
 @triton.jit

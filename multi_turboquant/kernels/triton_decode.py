@@ -179,15 +179,14 @@ def _fetch(rows, valid, NA: tl.constexpr, BA: tl.constexpr, NB: tl.constexpr, BB
 @triton.jit
 def _record(a0, a1, b0, b1, c, s0, s1, table, BA: tl.constexpr, BB: tl.constexpr, TURBO: tl.constexpr,
             DT: tl.constexpr, ASM: tl.constexpr):
-    """Level tiles (a, b, c) in DT and per-slot scales (sa, sb, sc) from _fetch's words.
-
-    Invalid rows have zero words, hence zero scales, so garbage slots contribute nothing.
+    """Level tiles (a, b, c) in DT, per-slot scales (sa, sb, sc) and centroid flags (0.0/1.0: the scale word's sign
+    bit) from _fetch's words. Invalid rows have zero words, hence zero scales, so garbage slots contribute nothing.
     """
     a = _levels(a0, a1, table, BA, BA, DT, ASM)
     if TURBO:
         b = _levels(b0, b1, table, BB, BB, DT, ASM)
         c = _levels(c, c, table, 1, 0, DT, ASM)
-        rho = (s1.to(tl.int32) << 16).to(tl.float32, bitcast=True)
+        rho, flag = _scale_word(s1)
         codes = s0.to(tl.int32)
         sa = rho * tl.load(table + _COS + (codes & 0xFF))
         sb = rho * tl.load(table + _SIN + (codes & 0xFF))
@@ -195,11 +194,17 @@ def _record(a0, a1, b0, b1, c, s0, s1, table, BA: tl.constexpr, BB: tl.constexpr
     else:
         b = 0.0
         c = 0.0
-        rho = (s0.to(tl.int32) << 16).to(tl.float32, bitcast=True)
-        sa = rho
+        sa, flag = _scale_word(s0)
         sb = 0.0
         sc = 0.0
-    return a, b, c, sa, sb, sc
+    return a, b, c, sa, sb, sc, flag
+
+
+@triton.jit
+def _scale_word(w):
+    """An int16 bfloat16 scale word -> (its value with the sign bit cleared, the sign bit as 0.0/1.0)."""
+    w = w.to(tl.int32)
+    return ((w & 0x7FFF) << 16).to(tl.float32, bitcast=True), (w < 0).to(tl.float32)
 
 
 @triton.jit
@@ -213,18 +218,22 @@ def _dot(a, b, DT: tl.constexpr):
 
 
 @triton.jit
-def _attend(qa, qb, qc, q_scale, ka, kb, kc, ksa, ksb, ksc, va, vb, vc, vsa, vsb, vsc, live,
+def _attend(qa, qb, qc, q_scale, qd, ka, kb, kc, ksa, ksb, ksc, kf, va, vb, vc, vsa, vsb, vsc, live,
             m_i, l_i, acc_a, acc_b, acc_c, KNB: tl.constexpr, KNC: tl.constexpr, VNB: tl.constexpr,
-            VNC: tl.constexpr, DT: tl.constexpr, DTV: tl.constexpr):
+            VNC: tl.constexpr, DT: tl.constexpr, DTV: tl.constexpr, KCEN: tl.constexpr):
     """One online-softmax step (base 2) over a tile: scores from the key levels (DT dots, record scales applied
-    to the scores), accumulate value levels (DTV dots: the value weights p * record scale are bfloat16 on CUDA,
-    whose range is float32's, so no record scale can overflow them)."""
+    to the scores; with KCEN, plus the row's query . (centroid - offset) where the key's flag kf is set),
+    accumulate value levels (DTV dots: the value weights p * record scale are bfloat16 on CUDA, whose range is
+    float32's, so no record scale can overflow them)."""
     s = _dot(qa, tl.trans(ka), DT) * ksa[None, :]
     if KNB > 0:
         s += _dot(qb, tl.trans(kb), DT) * ksb[None, :]
     if KNC > 0:
         s += _dot(qc, tl.trans(kc), DT) * ksc[None, :]
-    s = tl.where(live[None, :], s * q_scale[:, None], float("-inf"))
+    s = s * q_scale[:, None]
+    if KCEN:
+        s += qd[:, None] * kf[None, :]
+    s = tl.where(live[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
     alpha = tl.math.exp2(m_i - m_safe)
@@ -269,7 +278,7 @@ def _slots(bt_row, page_base, t, t_hi, cached, HKV: tl.constexpr, BLOCK_N: tl.co
 
 @triton.jit(do_not_specialize=["bt_stride", "num_rows", "num_splits"])  # no recompiles as batches change
 def decode_kernel(
-    q_ptr, cache_ptr, bt_ptr, seq_lens_ptr, qsl_ptr, nk_ptr, nv_ptr, table,
+    q_ptr, qd_ptr, cache_ptr, bt_ptr, seq_lens_ptr, qsl_ptr, nk_ptr, nv_ptr, table,
     out_ptr, m_ptr, l_ptr, bt_stride, num_rows, num_splits,
     HQ: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BS: tl.constexpr, SLOT: tl.constexpr,
@@ -278,7 +287,7 @@ def decode_kernel(
     VNA: tl.constexpr, VBA: tl.constexpr, VNB: tl.constexpr, VBB: tl.constexpr, VNC: tl.constexpr,
     VTURBO: tl.constexpr, VREC: tl.constexpr,
     SINGLE: tl.constexpr, HAS_NEW: tl.constexpr, NEW_N: tl.constexpr, DT: tl.constexpr, DTV: tl.constexpr,
-    ASM: tl.constexpr,
+    ASM: tl.constexpr, KCEN: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -291,6 +300,10 @@ def decode_kernel(
     row_valid = r < G
     q_row = tok * HQ + h * G + r
     qa, qb, qc, q_scale = _scaled_rows(q_ptr, q_row, row_valid, KNA, KNB, KNC, DT)
+    if KCEN:
+        qd = tl.load(qd_ptr + q_row, mask=row_valid, other=0.0)  # query . (key centroid - offset)
+    else:
+        qd = tl.zeros([BLOCK_M], tl.float32)
 
     cached = seq_len - 1 if HAS_NEW else seq_len
     n_tiles = tl.cdiv(cached, BLOCK_N)
@@ -309,11 +322,11 @@ def decode_kernel(
         rows, valid = _slots(bt_ptr + b * bt_stride, page_base, t + 1, t_hi, cached, HKV, BLOCK_N, BS, SLOT)
         k0, k1, k2, k3, k4, k5, k6 = _fetch(rows, valid, KNA, KBA, KNB, KBB, KNC, KTURBO, KREC)
         v0, v1, v2, v3, v4, v5, v6 = _fetch(rows + KREC, valid, VNA, VBA, VNB, VBB, VNC, VTURBO, VREC)
-        ka, kb, kc, ksa, ksb, ksc = _record(ka0, ka1, kb0, kb1, kc0, ks0, ks1, table, KBA, KBB, KTURBO, DT, ASM)
-        va, vb, vc, vsa, vsb, vsc = _record(va0, va1, vb0, vb1, vc0, vs0, vs1, table, VBA, VBB, VTURBO, DTV, ASM)
-        m_i, l_i, acc_a, acc_b, acc_c = _attend(qa, qb, qc, q_scale, ka, kb, kc, ksa, ksb, ksc, va, vb, vc,
+        ka, kb, kc, ksa, ksb, ksc, kf = _record(ka0, ka1, kb0, kb1, kc0, ks0, ks1, table, KBA, KBB, KTURBO, DT, ASM)
+        va, vb, vc, vsa, vsb, vsc, _ = _record(va0, va1, vb0, vb1, vc0, vs0, vs1, table, VBA, VBB, VTURBO, DTV, ASM)
+        m_i, l_i, acc_a, acc_b, acc_c = _attend(qa, qb, qc, q_scale, qd, ka, kb, kc, ksa, ksb, ksc, kf, va, vb, vc,
                                                 vsa, vsb, vsc, live, m_i, l_i, acc_a, acc_b, acc_c,
-                                                KNB, KNC, VNB, VNC, DT, DTV)
+                                                KNB, KNC, VNB, VNC, DT, DTV, KCEN)
     if HAS_NEW:
         # the fresh token (position seq_len - 1), in the last split
         jn = tl.arange(0, NEW_N)
@@ -321,9 +334,9 @@ def decode_kernel(
         row = (tok + jn) * HKV + h
         ka, kb, kc, ks = _scaled_rows(nk_ptr, row, live, KNA, KNB, KNC, DT)
         va, vb, vc, vs = _scaled_rows(nv_ptr, row, live, VNA, VNB, VNC, DTV)
-        m_i, l_i, acc_a, acc_b, acc_c = _attend(qa, qb, qc, q_scale, ka, kb, kc, ks, ks, ks, va, vb, vc,
-                                                vs, vs, vs, live, m_i, l_i, acc_a, acc_b, acc_c,
-                                                KNB, KNC, VNB, VNC, DT, DTV)
+        m_i, l_i, acc_a, acc_b, acc_c = _attend(qa, qb, qc, q_scale, qd, ka, kb, kc, ks, ks, ks, ks * 0.0, va, vb,
+                                                vc, vs, vs, vs, live, m_i, l_i, acc_a, acc_b, acc_c,
+                                                KNB, KNC, VNB, VNC, DT, DTV, KCEN)
     store_state(out_ptr, m_ptr, l_ptr, q_row, row_valid, split, num_rows, m_i, l_i, acc_a, acc_b, acc_c,
                 VNA, VNB, VNC, SINGLE)
 
@@ -344,29 +357,32 @@ def dot_dtype(device: torch.device) -> torch.dtype:
 def launch(qf: torch.Tensor, cache: torch.Tensor, layout: KVCacheLayout, kspec: RecordSpec, vspec: RecordSpec,
            block_table: torch.Tensor, seq_lens: torch.Tensor, query_start_loc: torch.Tensor,
            new: tuple[torch.Tensor, torch.Tensor] | None, table: torch.Tensor, target: torch.Tensor,
-           m: torch.Tensor, lse: torch.Tensor, splits: int) -> None:
-    """Run decode_kernel: qf (T, Hkv, G, F) float32 query features; new = fresh key/value features (T, Hkv, F).
+           m: torch.Tensor, lse: torch.Tensor, splits: int, qd: torch.Tensor | None = None) -> None:
+    """Run decode_kernel: qf (T, Hkv, G, F) float32 query features; new = fresh key/value features (T, Hkv, F);
+    qd (T, Hkv, G) = query . (key centroid - key offset) when the keys have a centroid.
 
     Writes normalized features to `target` when splits == 1, else partials and their max/sum to target, m, lse.
     """
     tq, hkv, group, _ = qf.shape
     nk, nv = new or (qf, qf)  # placeholders: never read unless HAS_NEW
     decode_kernel[(seq_lens.shape[0], hkv, splits)](
-        qf, cache, block_table, seq_lens, query_start_loc, nk, nv, table, target, m, lse,
+        qf, qf if qd is None else qd, cache, block_table, seq_lens, query_start_loc, nk, nv, table, target, m, lse,
         block_table.stride(0), tq * hkv * group, splits,
         **constexprs(layout, kspec, vspec, group, dot_dtype(qf.device), splits == 1, new is not None,
-                     asm=qf.device.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1"),
+                     asm=qf.device.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1",
+                     centroid=qd is not None),
         num_warps=tile(kspec, vspec)[1], num_stages=1, **({"maxnreg": MAX_REGISTERS} if MAX_REGISTERS else {}),
     )
 
 
 def constexprs(layout: KVCacheLayout, kspec: RecordSpec, vspec: RecordSpec, group: int, dtype: torch.dtype,
-               single: bool, has_new: bool, asm: bool = True) -> dict:
+               single: bool, has_new: bool, asm: bool = True, centroid: bool = False) -> dict:
     """decode_kernel's compile-time arguments (also used by benchmarks/attention_registers.py); asm: unpack
-    codes with the PTX programs of unpack_asm (CUDA), else with the reference path (Triton's interpreter)."""
+    codes with the PTX programs of unpack_asm (CUDA), else with the reference path (Triton's interpreter);
+    centroid: the keys have a calibration centroid."""
     half = dtype == torch.float16
     return dict(HQ=layout.num_kv_heads * group, HKV=layout.num_kv_heads, G=group,
                 BLOCK_M=max(16, triton.next_power_of_2(group)), BLOCK_N=tile(kspec, vspec)[0], BS=layout.block_size,
                 SLOT=layout.slot_bytes, **kspec.constexprs("K"), **vspec.constexprs("V"), SINGLE=single,
                 HAS_NEW=has_new, NEW_N=NEW_ROWS, DT=tl.float16 if half else tl.float32,
-                DTV=tl.bfloat16 if half and asm else tl.float32, ASM=asm)
+                DTV=tl.bfloat16 if half and asm else tl.float32, ASM=asm, KCEN=centroid)

@@ -111,18 +111,36 @@ def _count_prefix(a, b, tab_a, tab_b, N: tl.constexpr, SCALE_A: tl.constexpr):
 
 # -- encoder stages --------------------------------------------------------------------------------
 @triton.jit
-def _load_canonical(x_ptr, x_offs, x_sd, chan_ptr, idx, ok, D: tl.constexpr):
+def _load_canonical(x_ptr, x_offs, x_sd, off_ptr, scale_ptr, idx, ok):
     """Channels `idx` of the rows at x_offs (ROWS,) as float32, calibration applied: (x - offset) / scale.
 
-    chan_ptr (ROWS,) points at each row's head in a (num_kv_heads, 2, D) table of offsets and scales;
-    without calibration they are 0 and 1, which change no bit (x - 0 = x, x / 1 = x)."""
+    off_ptr and scale_ptr (ROWS,) point at each row's offset (or centroid) and scale; without calibration
+    they are 0 and 1, which change no bit (x - 0 = x, x / 1 = x)."""
     ptrs = x_ptr + x_offs[:, None] + idx * x_sd
     if x_ptr.dtype.element_ty == tl.bfloat16:  # widened by its bits: Triton 3.9's interpreter garbles subnormals
         x = (tl.load(ptrs.to(tl.pointer_type(tl.uint16)), mask=ok[:, None], other=0).to(tl.uint32) << 16)
         x = x.to(tl.float32, bitcast=True)
     else:
         x = tl.load(ptrs, mask=ok[:, None], other=0.0).to(tl.float32)
-    return tl.math.div_rn(x - tl.load(chan_ptr[:, None] + idx), tl.load(chan_ptr[:, None] + D + idx))
+    return tl.math.div_rn(x - tl.load(off_ptr[:, None] + idx), tl.load(scale_ptr[:, None] + idx))
+
+
+@triton.jit
+def _centering(x_ptr, x_offs, x_sd, chan_ptr, lo, hi, ok, ROWS: tl.constexpr, LOG2H: tl.constexpr, D: tl.constexpr,
+               CEN: tl.constexpr):
+    """Per row, (flag, offset pointer): with a centroid (CEN), flag = 1 where the calibrated vector is nearer it
+    than the offset (strictly, by tree sums of squares over the canonical order: halves at channels lo and hi),
+    and the pointer is then the centroid's; else (0, the offset's). chan_ptr: the head's (offset, scale,
+    centroid) rows of D floats."""
+    flag = tl.zeros(x_offs.shape, dtype=tl.int32)
+    if CEN:
+        a = _load_canonical(x_ptr, x_offs, x_sd, chan_ptr, chan_ptr + D, lo, ok)
+        b = _load_canonical(x_ptr, x_offs, x_sd, chan_ptr, chan_ptr + D, hi, ok)
+        s_off = _tree_sum(a * a + b * b, ROWS, LOG2H)
+        a = _load_canonical(x_ptr, x_offs, x_sd, chan_ptr + 2 * D, chan_ptr + D, lo, ok)
+        b = _load_canonical(x_ptr, x_offs, x_sd, chan_ptr + 2 * D, chan_ptr + D, hi, ok)
+        flag = (_tree_sum(a * a + b * b, ROWS, LOG2H) < s_off).to(tl.int32)
+    return flag, chan_ptr + flag * (2 * D)
 
 
 @triton.jit
@@ -192,9 +210,10 @@ def _store_u8(out, value, ok):
 
 
 @triton.jit
-def _store_bf16(out, v, finite, ok):
-    """Scale v (ROWS,) >= 0 as little-endian bfloat16 (clamped to bfloat16's largest value); NaN where not finite."""
-    bits = _bf16_round(tl.minimum(v, 3.3895313892515355e38))
+def _store_bf16(out, v, flag, finite, ok):
+    """Scale v (ROWS,) >= 0 as little-endian bfloat16 (clamped to bfloat16's largest value) with the centroid
+    flag (ROWS,) 0/1 in its sign bit; NaN where not finite."""
+    bits = _bf16_round(tl.minimum(v, 3.3895313892515355e38)) | (flag << 15)
     bits = tl.where(finite, bits, 0x7FC0)
     _store_u8(out, bits & 0xFF, ok)
     _store_u8(out + 1, bits >> 8, ok)
@@ -202,11 +221,13 @@ def _store_bf16(out, v, finite, ok):
 
 @triton.jit
 def encode_block_rotation(x_ptr, x_offs, x_sd, chan_ptr, consts, out, ok, ROWS: tl.constexpr, LOG2D: tl.constexpr,
-                          K: tl.constexpr, BITS: tl.constexpr):
+                          K: tl.constexpr, BITS: tl.constexpr, CEN: tl.constexpr):
     """IsoQuant (K = 4) / PlanarQuant (K = 2) records of ROWS vectors at x_ptr + x_offs to out (ROWS,) pointers."""
     D: tl.constexpr = 1 << LOG2D
     i = tl.arange(0, D)
-    amax, finite = _finite_max(_load_canonical(x_ptr, x_offs, x_sd, chan_ptr, i, ok, D))
+    half = tl.arange(0, D // 2)
+    flag, off = _centering(x_ptr, x_offs, x_sd, chan_ptr, half, D // 2 + half, ok, ROWS, LOG2D - 1, D, CEN)
+    amax, finite = _finite_max(_load_canonical(x_ptr, x_offs, x_sd, off, chan_ptr + D, i, ok))
     e = _exponent(amax)
     neg_e = -e[:, None]
     CB: tl.constexpr = 9 * (1 << BITS) - 8  # codebook floats: levels, then 8 rows of thresholds
@@ -214,7 +235,7 @@ def encode_block_rotation(x_ptr, x_offs, x_sd, chan_ptr, consts, out, ok, ROWS: 
     y = tl.zeros((ROWS, D), dtype=tl.float32)
     for t in tl.static_range(K):  # y[i] = sum_t M[i // K][i % K][t] * x[(i // K) * K + t], t in order
         src = (i // K) * K + t
-        xt = _scale_pow2(_load_canonical(x_ptr, x_offs, x_sd, chan_ptr, src, ok, D), neg_e)
+        xt = _scale_pow2(_load_canonical(x_ptr, x_offs, x_sd, off, chan_ptr + D, src, ok), neg_e)
         term = tl.load(rot + i * K + t)[None, :] * xt
         if t == 0:
             y = term
@@ -222,19 +243,21 @@ def encode_block_rotation(x_ptr, x_offs, x_sd, chan_ptr, consts, out, ok, ROWS: 
             y = y + term
     codes, alpha = _quantize(y, consts, ROWS, LOG2D, BITS)
     _store_codes(codes, out, ok, ROWS, D, BITS)
-    _store_bf16(out + D * BITS // 8, _scale_pow2(alpha, e), finite, ok)
+    _store_bf16(out + D * BITS // 8, _scale_pow2(alpha, e), flag, finite, ok)
 
 
 @triton.jit
 def encode_turboquant(x_ptr, x_offs, x_sd, chan_ptr, perm, consts, out, ok, ROWS: tl.constexpr, LOG2D: tl.constexpr,
-                      M: tl.constexpr):
+                      M: tl.constexpr, CEN: tl.constexpr):
     """TurboQuant (m = M) records (formats.turboquant.TurboQuant._encode_rows); perm (ROWS,) points at each
     row's channel permutation (outlier half first)."""
     D: tl.constexpr = 1 << LOG2D
     H: tl.constexpr = D // 2
     i = tl.arange(0, H)
-    x_o = _load_canonical(x_ptr, x_offs, x_sd, chan_ptr, tl.load(perm[:, None] + i), ok, D)
-    x_n = _load_canonical(x_ptr, x_offs, x_sd, chan_ptr, tl.load(perm[:, None] + H + i), ok, D)
+    ch_o, ch_n = tl.load(perm[:, None] + i), tl.load(perm[:, None] + H + i)
+    flag, off = _centering(x_ptr, x_offs, x_sd, chan_ptr, ch_o, ch_n, ok, ROWS, LOG2D - 1, D, CEN)
+    x_o = _load_canonical(x_ptr, x_offs, x_sd, off, chan_ptr + D, ch_o, ok)
+    x_n = _load_canonical(x_ptr, x_offs, x_sd, off, chan_ptr + D, ch_n, ok)
     # table sections
     cb_o = consts
     cb_n = cb_o + (9 * (1 << (M + 1)) - 8)
@@ -275,6 +298,6 @@ def encode_turboquant(x_ptr, x_offs, x_sd, chan_ptr, perm, consts, out, ok, ROWS
     _store_plane((w_o >= 0).to(tl.int32), out + n_o + n_n, ok, ROWS, H, 1, 0)
     _store_plane((w_n >= 0).to(tl.int32), out + n_o + n_n + H // 8, ok, ROWS, H, 1, 0)
     meta = out + n_o + n_n + D // 8
-    _store_bf16(meta, _scale_pow2(rho, e), fin_o & fin_n, ok)
+    _store_bf16(meta, _scale_pow2(rho, e), flag, fin_o & fin_n, ok)
     _store_u8(meta + 2, theta, ok)
     _store_u8(meta + 3, beta_code, ok)

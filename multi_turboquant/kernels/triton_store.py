@@ -24,11 +24,11 @@ HEAD_DIMS = (16, 32, 64, 128, 256, 512)
 
 @triton.jit
 def _encode(x_ptr, x_offs, x_sd, chan, perm, consts, out, ok, ROWS: tl.constexpr, LOG2D: tl.constexpr,
-            K: tl.constexpr, BITS: tl.constexpr):
+            K: tl.constexpr, BITS: tl.constexpr, CEN: tl.constexpr):
     if K == 0:
-        encode_turboquant(x_ptr, x_offs, x_sd, chan, perm, consts, out, ok, ROWS, LOG2D, BITS)
+        encode_turboquant(x_ptr, x_offs, x_sd, chan, perm, consts, out, ok, ROWS, LOG2D, BITS, CEN)
     else:
-        encode_block_rotation(x_ptr, x_offs, x_sd, chan, consts, out, ok, ROWS, LOG2D, K, BITS)
+        encode_block_rotation(x_ptr, x_offs, x_sd, chan, consts, out, ok, ROWS, LOG2D, K, BITS, CEN)
 
 
 _RUNTIME_INTS = ("rows", "num_slots", "num_heads", "block_size", "k_st", "k_sh", "k_sd", "v_st", "v_sh", "v_sd",
@@ -40,7 +40,8 @@ def _store_kernel(key, value, cache, slots, k_consts, k_chan, k_perm, v_consts, 
                   rows, num_slots, num_heads, block_size,
                   k_st, k_sh, k_sd, v_st, v_sh, v_sd, c_sb, c_sh, c_st,
                   KEY_BYTES: tl.constexpr, ROWS: tl.constexpr, LOG2D: tl.constexpr,
-                  K_K: tl.constexpr, K_BITS: tl.constexpr, V_K: tl.constexpr, V_BITS: tl.constexpr):
+                  K_K: tl.constexpr, K_BITS: tl.constexpr, K_CEN: tl.constexpr,
+                  V_K: tl.constexpr, V_BITS: tl.constexpr, V_CEN: tl.constexpr):
     """Rows are (token, KV head) pairs; each program encodes ROWS of them, key then value record."""
     D: tl.constexpr = 1 << LOG2D
     r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -50,17 +51,18 @@ def _store_kernel(key, value, cache, slots, k_consts, k_chan, k_perm, v_consts, 
     slot = tl.load(slots + t, mask=live, other=-1).to(tl.int64)
     ok = live & (slot >= 0) & (slot < num_slots)
     out = cache + (slot // block_size) * c_sb + h * c_sh + (slot % block_size) * c_st
-    _encode(key, t * k_st + h * k_sh, k_sd, k_chan + h * 2 * D, k_perm + h * D, k_consts, out, ok,
-            ROWS, LOG2D, K_K, K_BITS)
-    _encode(value, t * v_st + h * v_sh, v_sd, v_chan + h * 2 * D, v_perm + h * D, v_consts, out + KEY_BYTES, ok,
-            ROWS, LOG2D, V_K, V_BITS)
+    _encode(key, t * k_st + h * k_sh, k_sd, k_chan + h * 3 * D, k_perm + h * D, k_consts, out, ok,
+            ROWS, LOG2D, K_K, K_BITS, K_CEN)
+    _encode(value, t * v_st + h * v_sh, v_sd, v_chan + h * 3 * D, v_perm + h * D, v_consts, out + KEY_BYTES, ok,
+            ROWS, LOG2D, V_K, V_BITS, V_CEN)
 
 
 _TABLES: dict[tuple, tuple] = {}
 
 
 def _stream_tables(name: str, layout: KVCacheLayout, params: ChannelParams | None, device: torch.device) -> tuple:
-    """(consts, chan, perm) on `device` for one stream, built once per params object."""
+    """(consts, chan, perm, has centroid) on `device` for one stream, built once per params object; chan is
+    (heads, 3, d): offset, scale, centroid."""
     key = (name, layout.head_dim, layout.num_kv_heads, str(device), id(params))
     hit = _TABLES.get(key)
     if hit is not None and hit[0] is params:
@@ -78,7 +80,8 @@ def _stream_tables(name: str, layout: KVCacheLayout, params: ChannelParams | Non
             raise ValueError(f"{name}: channel params of shape {tuple(t.shape)} do not broadcast to "
                              f"({heads}, {d})") from None
 
-    chan = torch.stack((per_head(params.offset, 0.0), per_head(params.scale, 1.0)), dim=1)
+    chan = torch.stack((per_head(params.offset, 0.0), per_head(params.scale, 1.0), per_head(params.centroid, 0.0)),
+                       dim=1)
     if fmt.family == "turboquant":
         perm = fmt._permutation(params, d, torch.device("cpu"))
         try:
@@ -89,7 +92,7 @@ def _stream_tables(name: str, layout: KVCacheLayout, params: ChannelParams | Non
     else:
         perm = torch.zeros(1)
     tables = (encoder_constants(name, d).to(device), chan.contiguous().to(device),
-              perm.to(torch.int32).contiguous().to(device))
+              perm.to(torch.int32).contiguous().to(device), params.centroid is not None)
     _TABLES[key] = (given, tables)  # holding `given` keeps its id from being reused
     return tables
 
@@ -138,8 +141,8 @@ def store(
     rows = key.shape[0] * layout.num_kv_heads
     if rows == 0:
         return
-    k_consts, k_chan, k_perm = _stream_tables(layout.key_format, layout, key_params, cache.device)
-    v_consts, v_chan, v_perm = _stream_tables(layout.value_format, layout, value_params, cache.device)
+    k_consts, k_chan, k_perm, k_cen = _stream_tables(layout.key_format, layout, key_params, cache.device)
+    v_consts, v_chan, v_perm, v_cen = _stream_tables(layout.value_format, layout, value_params, cache.device)
     k_fmt, v_fmt = get_format(layout.key_format), get_format(layout.value_format)
     grid = (triton.cdiv(rows, rows_per_program),)
     _store_kernel[grid](
@@ -147,9 +150,26 @@ def store(
         rows, cache.shape[0] * layout.block_size, layout.num_kv_heads, layout.block_size,
         *key.stride(), *value.stride(), *cache.stride()[:3],
         KEY_BYTES=layout.key_bytes, ROWS=rows_per_program, LOG2D=layout.head_dim.bit_length() - 1,
-        K_K=FAMILIES[k_fmt.family], K_BITS=_code_bits(k_fmt), V_K=FAMILIES[v_fmt.family], V_BITS=_code_bits(v_fmt),
+        K_K=FAMILIES[k_fmt.family], K_BITS=_code_bits(k_fmt), K_CEN=k_cen,
+        V_K=FAMILIES[v_fmt.family], V_BITS=_code_bits(v_fmt), V_CEN=v_cen,
         num_warps=num_warps, enable_fp_fusion=False,
     )
+
+
+def encode(x: torch.Tensor, name: str, params: ChannelParams | None = None) -> torch.Tensor:
+    """`KVFormat.encode` of (..., num_kv_heads, head_dim) vectors through the store kernel (byte-identical records,
+    one launch); ValueError for non-finite input, as the reference."""
+    if x.dim() < 2:
+        raise ValueError(f"{name}: encode takes (..., num_kv_heads, head_dim) vectors, got shape {tuple(x.shape)}")
+    if x.dtype in SUPPORTED_DTYPES and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name}: input contains NaN or Inf")
+    heads, d = x.shape[-2:]
+    layout = KVCacheLayout(name, name, d, heads, 1)
+    flat = x.reshape(-1, heads, d)
+    cache = torch.empty(layout.shape(flat.shape[0]), dtype=torch.uint8, device=x.device)
+    slots = torch.arange(flat.shape[0], device=x.device)
+    store(flat, flat, cache, slots, layout, params, params)  # the value half encodes the same vectors again
+    return cache[:, :, 0, :layout.key_bytes].reshape(*x.shape[:-1], layout.key_bytes)
 
 
 def _code_bits(fmt) -> int:

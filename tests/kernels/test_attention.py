@@ -18,6 +18,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
 pytest.importorskip("triton")
 
+from multi_turboquant.formats import get_format  # noqa: E402
 from multi_turboquant.formats.params import ChannelParams  # noqa: E402
 from multi_turboquant.kernels import naive, triton_decode  # noqa: E402
 from multi_turboquant.kernels.layout import KVCacheLayout  # noqa: E402
@@ -153,6 +154,33 @@ def test_channel_params_per_head() -> None:
                 key_params=ChannelParams(scale=key_params.scale), value_params=ChannelParams(
                     offset=key_params.offset, outliers=key_params.outliers))
     case.check(num_splits=2)
+
+
+@pytest.mark.parametrize("key_format", ["isoquant4", "turboquant25", "planarquant3"])
+@pytest.mark.parametrize("half", [False, True])
+def test_key_centroid(key_format: str, half: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # format version 2: keys nearer the calibration centroid than the offset are stored relative to it (the
+    # scale's sign bit); the kernels add query . (centroid - offset) to those keys' scores
+    monkeypatch.setattr(triton_decode, "HALF_DOTS", half)
+    gen = torch.Generator().manual_seed(random.randrange(1 << 30))
+    hkv, d = 2, 64
+    scale = None if key_format.startswith("turbo") else torch.rand(hkv, d, generator=gen) + 0.5
+    key_params = ChannelParams(offset=torch.randn(hkv, d, generator=gen) * 0.3, scale=scale,
+                               centroid=0.5 + 0.2 * torch.randn(hkv, d, generator=gen))
+    for q_lens in ([1, 20, 1], [1, 1, 1]):  # the prefill kernel (with a decode in the batch), the decode kernel
+        case = Case(_layout(key_format, "isoquant3", d, hkv), seq_lens=[70, 20, 33], q_lens=q_lens, group=2,
+                    key_params=key_params, store_new=False)
+        fmt = get_format(key_format)
+        flags = fmt.encode(torch.cat(case.keys), key_params)[..., -fmt.flag_byte] >= 0x80
+        assert 0 < int(flags.sum()) < flags.numel()  # both kinds of record are read
+        case.check(fresh=True, num_splits=2, **({"norm_tol": 2e-3} if half else {}))
+
+
+def test_value_centroid_is_refused() -> None:
+    params = ChannelParams(centroid=torch.zeros(64))
+    case = Case(_layout("isoquant4", "isoquant4"), seq_lens=[5], q_lens=[1], group=2, value_params=params)
+    with pytest.raises(ValueError, match="value centroid"):
+        paged_attention(*case.args())
 
 
 def test_half_precision_query() -> None:

@@ -18,7 +18,7 @@ if not torch.cuda.is_available():
 
 from multi_turboquant.formats.params import ChannelParams  # noqa: E402
 from multi_turboquant.formats.registry import get_format  # noqa: E402
-from multi_turboquant.kernels import naive  # noqa: E402
+from multi_turboquant.kernels import naive, triton_store  # noqa: E402
 from multi_turboquant.kernels.layout import KVCacheLayout  # noqa: E402
 from multi_turboquant.kernels.store_check import adversarial_vectors, compare_records, params_to  # noqa: E402
 from multi_turboquant.kernels.triton_encode import encoder_constants  # noqa: E402
@@ -34,8 +34,9 @@ def random_params(name: str, heads: int, d: int, gen: torch.Generator, min_scale
     outliers = None
     if name.startswith("turbo"):
         outliers = torch.stack([torch.randperm(d, generator=gen)[: d // 8] for _ in range(heads)])
-    return ChannelParams(offset=torch.randn(heads, d, generator=gen),
-                         scale=torch.rand(heads, d, generator=gen) * 2 + min_scale, outliers=outliers)
+    offset = torch.randn(heads, d, generator=gen)
+    return ChannelParams(offset=offset, scale=torch.rand(heads, d, generator=gen) * 2 + min_scale, outliers=outliers,
+                         centroid=offset + torch.randn(heads, d, generator=gen))  # some vectors nearer to it
 
 
 def run_both(layout: KVCacheLayout, key: torch.Tensor, value: torch.Tensor, slots: torch.Tensor, num_blocks: int,
@@ -85,6 +86,21 @@ def test_matches_reference(key_format: str, head_dim: int, with_params: bool) ->
     ref, got = run_both(layout, key, value, slots, num_blocks, gen, **params, rows_per_program=ONE_PROGRAM)
     diff = (ref != got).any(-1).nonzero().tolist()
     assert not diff, f"seed {seed}: {len(diff)} slots differ (block, head, offset), first {diff[:5]}"
+    if with_params:  # records near and far from the centroid (format version 2) were both written
+        flags = ref[..., layout.key_bytes - get_format(key_format).flag_byte] >> 7
+        assert 0 < int(flags.sum()) < flags.numel()
+
+
+def test_encode_matches_the_reference() -> None:
+    # kernels.ops.encode's CUDA path (the eval's fast round trip): the store kernel into a one-slot cache
+    seed, gen = seeded()
+    x = torch.randn(3, 5, 2, 64, generator=gen)
+    for name in ("isoquant3", "turboquant35"):
+        params = random_params(name, 2, 64, gen, 0.5)
+        got = triton_store.encode(x.to(DEVICE), name, params_to(params, DEVICE)).cpu()
+        assert torch.equal(got, get_format(name).encode(x, params)), f"seed {seed}: {name}"
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        triton_store.encode(torch.full((1, 2, 64), float("nan"), device=DEVICE), "isoquant3")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
