@@ -7,6 +7,8 @@
 #   bash benchmarks/h100_vllm.sh v2             # kernel checks (with key centroids), the loader against vLLM's,
 #                                                # decode with and without a key centroid at the target shape
 #   bash benchmarks/h100_vllm.sh quality        # benchmarks/quality_gpu.sh on the SmolLM2 model (.carry/licenses.txt)
+#   bash benchmarks/h100_vllm.sh calib DTYPES   # vLLM end to end with the 20k run's calibration file (key centroids;
+#                                                # anchor_bench passes $ANCHOR_ADDITIONAL_CONFIG to LLM)
 set -u
 STEP=${1:-sweep}
 export PYTHONUNBUFFERED=1
@@ -41,6 +43,12 @@ if [ "$STEP" = v2 ]; then
     timeout 150 python3 benchmarks/attention.py --head-dims 128 --gqa 8 --contexts 16384 --batches 8 --reps 20 \
       --formats isoquant3 isoquant4 turboquant25 turboquant35 $cen 2>&1 | grep -v "^#" | tee -a "$OUT/centroid_timing.md"
   done
+elif [ "$STEP" = calib ]; then
+  export ANCHOR_ADDITIONAL_CONFIG="{\"multi_turboquant\": {\"calibration\": \"$PWD/benchmarks/results/quality-20k-h100/turboquant_kv.json\"}}"
+  timeout 560 python3 .carry/anchor_bench.py --model /tmp/gpuvllm/smollm2-135m-hf --text-dir /tmp/gpuvllm/bundle/texts \
+      --out /tmp/anchor_cal --mode graphs --quick --dtypes "${2:-isoquant4,isoquant3}" --timeout-per 240 2>&1 | tail -30 \
+      > "$OUT/anchor_calib.md"
+  cat "$OUT/anchor_calib.md"; cp /tmp/anchor_cal/res_*.json "$OUT/" 2>/dev/null
 elif [ "$STEP" = quality ]; then
   OUT="$OUT/q" JOBS=${JOBS:-12} timeout 570 bash benchmarks/quality_gpu.sh /tmp/gpuvllm/smollm2-135m-hf .carry/licenses.txt \
     | grep -v "Loading weights" | tail -60

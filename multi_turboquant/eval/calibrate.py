@@ -1,4 +1,10 @@
-"""`mtq calibrate`: per-layer, per-KV-head channel statistics of real post-RoPE K and V."""
+"""`mtq calibrate`: per-layer, per-KV-head channel statistics of real post-RoPE K and V.
+
+Post-RoPE key statistics depend on the position: RoPE turns each channel pair (i, i + d/2) by an angle that grows
+with it, so a mean measured over the positions of short calibration windows is wrong far beyond them. With a
+`horizon` L, the key statistics are those of keys at positions spread uniformly over [0, L): measured before RoPE
+(the windows' keys turned back by their positions) and carried through the average rotation of each pair.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..formats import ChannelParams
-from ..formats.params import fit_channel_params
+from ..formats.params import fit_channel_params, params_from_moments
 from .hooks import LoadedModel
 
 
@@ -20,6 +26,25 @@ class LayerKV:
     value: torch.Tensor
     query_ms: torch.Tensor
     sink_key: torch.Tensor
+    pre_rope: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # keys before RoPE: E[x], E[x^2] (H, d)
+    #   and E[x_i x_(i+d/2)] (H, d/2); None for a model without a rotary embedding
+
+
+def _rotary(lm: LoadedModel):
+    """The model's rotary embedding module (HF Llama-style: forward(x, position_ids) -> cos, sin), or None."""
+    return getattr(getattr(lm.model, "model", None), "rotary_emb", None)
+
+
+def _cos_sin(rotary, positions: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin (positions, d) float64 of positions 0..positions-1."""
+    pos = torch.arange(positions, device=device)[None]
+    cos, sin = rotary(torch.zeros(1, device=device), pos)
+    return cos[0].double(), sin[0].double()
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
 def _per_token(x: torch.Tensor) -> torch.Tensor:
@@ -30,13 +55,21 @@ def _per_token(x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def collect_kv(lm: LoadedModel, ids: torch.Tensor, window: int) -> list[LayerKV]:
     """Post-RoPE keys, values and query mean squares of every layer over windows of ids (on the CPU)."""
-    seen: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+    seen: dict[int, list[tuple[torch.Tensor, ...]]] = {}
+    rotary = _rotary(lm)
 
     def record(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         heads = k.shape[1]  # query head h is served by KV head h // (q heads / kv heads), as in repeat_kv
         q_sq = _per_token(q).pow(2)
         q_sq = q_sq.reshape(q_sq.shape[0], heads, -1, q_sq.shape[-1]).transpose(1, 2).reshape(-1, heads, q.shape[3])
-        seen.setdefault(layer, []).append((_per_token(k), _per_token(v), q_sq, k[:, :, 0].float()))
+        parts = [_per_token(k), _per_token(v), q_sq, k[:, :, 0].float()]
+        if rotary is not None:  # turn each key back by its position (rotation by -p)
+            cos, sin = _cos_sin(rotary, k.shape[2], k.device)
+            pre = _per_token(k.double() * cos - _rotate_half(k.double()) * sin).double()  # (T, H, d)
+            h = pre.shape[-1] // 2
+            cross = (pre[..., :h] * pre[..., h:]).sum(0)  # (H, d/2), stored twice to stack with the (H, d) sums
+            parts.append(torch.stack((pre.sum(0), pre.pow(2).sum(0), torch.cat((cross, cross), -1))))
+        seen.setdefault(layer, []).append(tuple(parts))
 
     lm.hook.layers, lm.hook.observe = {}, record
     try:
@@ -46,16 +79,36 @@ def collect_kv(lm: LoadedModel, ids: torch.Tensor, window: int) -> list[LayerKV]
         lm.hook.observe = None
     layers = []
     for i in range(lm.num_layers):
-        keys, values, q_sq, sinks = (torch.cat(parts).cpu() for parts in zip(*seen[i]))
-        layers.append(LayerKV(keys, values, q_sq.mean(0), sinks.mean(0)))
+        keys, values, q_sq, sinks = (torch.cat(parts).cpu() for parts in list(zip(*seen[i]))[:4])
+        pre = None
+        if rotary is not None:
+            sums = torch.stack([p[4] for p in seen[i]]).sum(0).cpu() / keys.shape[0]
+            pre = (sums[0], sums[1], sums[2][..., :keys.shape[-1] // 2])
+        layers.append(LayerKV(keys, values, q_sq.mean(0), sinks.mean(0), pre))
     return layers
 
 
-def fit_layers(kv: list[LayerKV], n_outliers: int, sink_weight: float = 0.0,
-               centroid: bool = True) -> list[tuple[ChannelParams, ChannelParams]]:
+def key_moments(s: LayerKV, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and mean square (H, d) of the layer's post-RoPE keys at positions spread uniformly over those of cos/sin
+    (positions, d): the pre-RoPE moments carried through the average rotation of each channel pair."""
+    mean, square, cross = s.pre_rope
+    h = mean.shape[-1] // 2
+    c, sn = cos.mean(0), sin.mean(0)
+    c2, s2, cs = cos.pow(2).mean(0), sin.pow(2).mean(0), (cos * sin).mean(0)
+    ma, mb = mean[..., :h], mean[..., h:]
+    qa, qb = square[..., :h], square[..., h:]
+    post_mean = torch.cat((ma * c[:h] - mb * sn[:h], mb * c[h:] + ma * sn[h:]), -1)
+    post_sq = torch.cat((qa * c2[:h] + qb * s2[:h] - 2 * cross * cs[:h], qb * c2[h:] + qa * s2[h:] + 2 * cross * cs[h:]),
+                        -1)
+    return post_mean, post_sq
+
+
+def fit_layers(kv: list[LayerKV], n_outliers: int, sink_weight: float = 0.0, centroid: bool = True,
+               rotation: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[tuple[ChannelParams, ChannelParams]]:
     """Per layer and stream: channel mean (offset), RMS around it (scale), the n_outliers largest-RMS channels;
     with `centroid`, the keys' centroid is the mean key at position 0 (the attention sink: keys near it are
-    stored relative to it, format version 2).
+    stored relative to it, format version 2); with `rotation` (cos, sin of the positions 0..L-1), the key
+    statistics are those at positions spread over [0, L) (`key_moments`), else as observed.
 
     sink_weight w > 0 widens the key scale where the attention sink's key sits far from the mean:
     scale = sqrt(RMS^2 + w (sink key - mean)^2), so the sink's canonical key is less of a spike for the 4- and
@@ -65,6 +118,8 @@ def fit_layers(kv: list[LayerKV], n_outliers: int, sink_weight: float = 0.0,
     for s in kv:
         key, value = (fit_channel_params(x, center=True, equalize=True, n_outliers=n_outliers)
                       for x in (s.key, s.value))
+        if rotation is not None and s.pre_rope is not None:
+            key = params_from_moments(*key_moments(s, *rotation), center=True, equalize=True, n_outliers=n_outliers)
         if sink_weight:
             wide = (key.scale.pow(2) + sink_weight * (s.sink_key - key.offset).pow(2)).sqrt()
             key = ChannelParams(key.offset, wide, key.outliers)
@@ -75,14 +130,28 @@ def fit_layers(kv: list[LayerKV], n_outliers: int, sink_weight: float = 0.0,
 
 
 def calibrate(lm: LoadedModel, ids: torch.Tensor, window: int, n_outliers: int, path, corpus: str,
-              sink_weight: float = 0.0, centroid: bool = True):
-    """Collect K/V over ids, fit every layer, write the calibration file at path; returns the Calibration."""
+              sink_weight: float = 0.0, centroid: bool = True, horizon: int | None = None):
+    """Collect K/V over ids, fit every layer, write the calibration file at path; returns the Calibration.
+
+    horizon: key statistics for positions 0..horizon-1 (default: the model's max_position_embeddings; 0: as observed
+    in the calibration windows, which suits only contexts as long as those windows)."""
     from ..formats.calibration import save_calibration
 
     if not 0 <= n_outliers <= lm.head_dim // 2:
         raise ValueError(f"outliers must be between 0 and head_dim/2 = {lm.head_dim // 2}, got {n_outliers}")
     if not sink_weight >= 0:
         raise ValueError(f"sink weight must be at least 0, got {sink_weight}")
-    layers = fit_layers(collect_kv(lm, ids, window), n_outliers, sink_weight, centroid)
+    if horizon is None:
+        horizon = int(getattr(lm.model.config, "max_position_embeddings", 0) or 0)
+    if horizon < 0:
+        raise ValueError(f"horizon must be at least 0 positions, got {horizon}")
+    rotary = _rotary(lm)
+    rotation = None
+    if horizon and rotary is not None:
+        with torch.no_grad():
+            rotation = tuple(t.cpu() for t in _cos_sin(rotary, horizon, lm.device))
+    layers = fit_layers(collect_kv(lm, ids, window), n_outliers, sink_weight, centroid, rotation)
+    span = f"key statistics for positions 0-{horizon - 1}" if rotation is not None else \
+        f"key statistics as observed in windows of {window}"
     return save_calibration(path, layers, head_dim=lm.head_dim, num_kv_heads=lm.num_kv_heads, model=str(lm.path),
-                            corpus=f"{corpus}, {ids.numel()} tokens")
+                            corpus=f"{corpus}, {ids.numel()} tokens; {span}")

@@ -75,7 +75,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     lm, ids, source = _model_and_text(args)
     _, calib_ids = split_tokens(ids, 2, args.tokens)
     cal = calibrate(lm, calib_ids, args.window, args.outliers, args.out, source, args.sink_weight,
-                    not args.no_centroid)
+                    not args.no_centroid, args.horizon)
     print(f"wrote {args.out}: {cal.num_layers} layers x {cal.num_kv_heads} KV heads, head_dim {cal.head_dim}, "
           f"K/V offset, scale and {args.outliers} outlier channels"
           f"{'' if args.no_centroid else ', key centroid (position 0)'} from {cal.corpus}")
@@ -114,7 +114,7 @@ def _eval_quality(args: argparse.Namespace) -> int:
         cal = None
     else:
         cal = calibrate(lm, calib_ids, args.window, args.outliers, out / "turboquant_kv.json", source,
-                        args.sink_weight, not args.no_centroid)
+                        args.sink_weight, not args.no_centroid, args.horizon)
     prompts = prompts_from(eval_ids, args.prompts, args.prompt_tokens) if args.prompts else None
     if args.calibrated_only and cal is None:
         raise ValueError("--calibrated-only contradicts --no-calibration")
@@ -146,6 +146,9 @@ def _calibration_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--outliers", type=int, default=32, help="outlier channels per KV head (at most head_dim/2)")
     parser.add_argument("--sink-weight", type=float, default=0.0,
                         help="widen the key scale toward the attention sink's key: sqrt(RMS^2 + W (sink - mean)^2)")
+    parser.add_argument("--horizon", type=int, default=None,
+                        help="key statistics for positions 0..N-1 (RoPE turns keys with position; default: the "
+                             "model's max_position_embeddings; 0: as observed in the calibration windows)")
     parser.add_argument("--no-centroid", action="store_true",
                         help="no key centroid (the mean position-0 key, which keys near it are stored relative to)")
 

@@ -94,8 +94,16 @@ def fit_channel_params(
     x = samples.to(torch.float32).reshape(-1, *samples.shape[-(samples.dim() - 1):]) if samples.dim() > 1 else None
     if x is None:
         raise ValueError("calibration samples need a token axis and a head_dim axis")
-    mean = x.mean(0)
-    rms = (x - mean if center else x).pow(2).mean(0).sqrt()
+    x = x.double()
+    return params_from_moments(x.mean(0), x.pow(2).mean(0), n_outliers=n_outliers, center=center, equalize=equalize)
+
+
+def params_from_moments(mean: torch.Tensor, square: torch.Tensor, *, n_outliers: int = 0, center: bool = False,
+                        equalize: bool = False) -> ChannelParams:
+    """fit_channel_params from the per-channel mean and mean square (..., d) of the samples (float32 params)."""
+    mean, square = mean.double(), square.double()
+    rms = (square - mean.pow(2) if center else square).clamp_min(0).sqrt().float()
+    mean = mean.float()
     outliers = rms.topk(n_outliers, dim=-1).indices.sort(-1).values if n_outliers else None
     scale = rms.clamp_min(rms.mean(-1, keepdim=True) * 1e-3) if equalize else None
     return ChannelParams(offset=mean if center else None, scale=scale, outliers=outliers)

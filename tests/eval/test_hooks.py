@@ -131,3 +131,51 @@ def test_exact_first_policy_applies_to_every_row(tiny):
     assert ppl[12] == pytest.approx(unquantized, rel=1e-6)  # whole windows exact: nothing went through the format
     assert len({ppl[0], ppl[1], unquantized}) == 3
     assert hook.layers == {}
+
+
+def _rotate_half(x):
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), -1)
+
+
+def test_calibration_turns_keys_back_before_rope(tiny):
+    from multi_turboquant.eval.calibrate import _cos_sin, _rotary, collect_kv
+    from multi_turboquant.eval.hooks import LoadedModel
+
+    model, hook = tiny
+    lm = LoadedModel(None, model, hook, None)
+    ids = torch.randint(0, 50, (24,), generator=torch.Generator().manual_seed(5))
+    kv = collect_kv(lm, ids, 8)  # three windows at positions 0..7
+    cos, sin = _cos_sin(_rotary(lm), 8, "cpu")
+    for layer in kv:
+        k = layer.key.double().reshape(3, 8, KV_HEADS, D)
+        pre = k * cos[None, :, None] - _rotate_half(k) * sin[None, :, None]  # rotation by -position
+        mean, square, cross = layer.pre_rope
+        assert torch.allclose(mean, pre.mean((0, 1)), atol=1e-5) and torch.allclose(square, pre.pow(2).mean((0, 1)),
+                                                                                   atol=1e-5)
+        assert torch.allclose(cross, (pre[..., :D // 2] * pre[..., D // 2:]).mean((0, 1)), atol=1e-5)
+
+
+def test_key_moments_average_over_the_horizon(tiny):
+    # keys drawn before RoPE independently of position, then turned by positions uniform over [0, L): their
+    # post-RoPE mean and mean square are what key_moments derives from the pre-RoPE moments alone
+    from multi_turboquant.eval.calibrate import LayerKV, _cos_sin, _rotary, key_moments
+    from multi_turboquant.eval.hooks import LoadedModel
+
+    model, hook = tiny
+    horizon, n = 128, 200_000
+    cos, sin = _cos_sin(_rotary(LoadedModel(None, model, hook, None)), horizon, "cpu")
+    gen = torch.Generator().manual_seed(6)
+    mix = torch.randn(D, D, generator=gen, dtype=torch.float64) * 0.3 + torch.eye(D, dtype=torch.float64)
+    mu = torch.randn(D, generator=gen, dtype=torch.float64) * 2
+    x = torch.randn(n, D, generator=gen, dtype=torch.float64) @ mix + mu  # correlated channels
+    pos = torch.randint(0, horizon, (n,), generator=gen)
+    post = x * cos[pos] + _rotate_half(x) * sin[pos]
+    h = D // 2
+    layer = LayerKV(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1),
+                    (x.mean(0)[None], x.pow(2).mean(0)[None], (x[:, :h] * x[:, h:]).mean(0)[None]))
+    mean, square = key_moments(layer, cos, sin)
+    assert torch.allclose(mean[0], post.mean(0), atol=0.03)
+    assert torch.allclose(square[0], post.pow(2).mean(0), rtol=0.03, atol=0.03)
+    # and the horizon matters: the average rotation shrinks the turning pairs' mean
+    assert (mean[0] - mu).abs().max() > 0.5
