@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full quality run of issue 3 on a GPU machine (docs/quality.md, BENCHMARKS.md, "Quality study"):
-# `mtq calibrate` on the last 4096 tokens of the corpus (with the key centroid of format version 2, and again
-# without it), then `mtq eval quality` with its defaults (20000 tokens in windows of 1024, 32 prompts x 64 greedy
+# `mtq calibrate` on the last 4096 tokens of the corpus, key statistics for positions 0-1023 (the eval's windows;
+# with the key centroid of format version 2, and again without it), then `mtq eval quality` with its defaults (20000 tokens in windows of 1024, 32 prompts x 64 greedy
 # tokens): every format, peer and K/V pair row (`all`); the calibrated formats with the version-1 calibration
 # (`nocentroid`); the calibrated formats with the first position of every sequence (the attention sink) stored
 # exactly (`sink`, a policy the plugin does not carry: the bound the centroid approaches). On CUDA the formats
@@ -29,11 +29,11 @@ mkdir -p "$out"
 
 PAIRS=turboquant35:turboquant25,isoquant4:isoquant3,isoquant4:turboquant25  # keys get the bits
 if [ "${SMOKE:-0}" = 1 ]; then
-    calib=(--tokens 256 --window 128)
+    calib=(--tokens 256 --window 128 --horizon 128)
     size=(--tokens 256 --window 128 --prompts 2 --prompt-tokens 8 --new-tokens 4 --formats isoquant3,turboquant25)
     jobs=${JOBS:-2}
 else
-    calib=(--tokens 4096)
+    calib=(--tokens 4096 --horizon 1024)  # key statistics for the positions of the eval's 1024-token windows
     size=()
     jobs=${JOBS:-12}
 fi

@@ -113,8 +113,9 @@ def _eval_quality(args: argparse.Namespace) -> int:
     elif args.no_calibration:
         cal = None
     else:
+        # the evaluated sequences are windows: by default the key statistics are for their positions
         cal = calibrate(lm, calib_ids, args.window, args.outliers, out / "turboquant_kv.json", source,
-                        args.sink_weight, not args.no_centroid, args.horizon)
+                        args.sink_weight, not args.no_centroid, args.window if args.horizon is None else args.horizon)
     prompts = prompts_from(eval_ids, args.prompts, args.prompt_tokens) if args.prompts else None
     if args.calibrated_only and cal is None:
         raise ValueError("--calibrated-only contradicts --no-calibration")
@@ -148,7 +149,8 @@ def _calibration_options(parser: argparse.ArgumentParser) -> None:
                         help="widen the key scale toward the attention sink's key: sqrt(RMS^2 + W (sink - mean)^2)")
     parser.add_argument("--horizon", type=int, default=None,
                         help="key statistics for positions 0..N-1 (RoPE turns keys with position; default: the "
-                             "model's max_position_embeddings; 0: as observed in the calibration windows)")
+                             "model's max_position_embeddings for calibrate, --window for eval quality; 0: as "
+                             "observed in the calibration windows)")
     parser.add_argument("--no-centroid", action="store_true",
                         help="no key centroid (the mean position-0 key, which keys near it are stored relative to)")
 
