@@ -31,8 +31,16 @@ class LayerKV:
 
 
 def _rotary(lm: LoadedModel):
-    """The model's rotary embedding module (HF Llama-style: forward(x, position_ids) -> cos, sin), or None."""
-    return getattr(getattr(lm.model, "model", None), "rotary_emb", None)
+    """The model's rotary embedding module (HF Llama-style: forward(x, position_ids) -> cos, sin over the whole
+    head_dim, rotate-half pairs), or None (no such module, or a partial rotary: statistics stay as observed)."""
+    rotary = getattr(getattr(lm.model, "model", None), "rotary_emb", None)
+    if rotary is None:
+        return None
+    try:
+        cos, _ = _cos_sin(rotary, 1, next(lm.model.parameters()).device)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    return rotary if cos.shape[-1] == lm.head_dim else None
 
 
 def _cos_sin(rotary, positions: int, device) -> tuple[torch.Tensor, torch.Tensor]:
