@@ -19,7 +19,8 @@ from .hooks import Scheme
 
 
 def mse_turboquant(name: str) -> Codec:
-    """TurboQuant `name` without QJL, one more Lloyd-Max bit on each half (same bytes per vector)."""
+    """TurboQuant `name` without QJL, one more Lloyd-Max bit on each half (same bytes per vector); a prototype of
+    format version 1: it applies the offset and outliers of a calibration, not its centroid."""
     fmt = get_format(name)
 
     def roundtrip(x: torch.Tensor, params: ChannelParams | None) -> torch.Tensor:
