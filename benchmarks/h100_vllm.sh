@@ -49,6 +49,10 @@ elif [ "$STEP" = calib ]; then
       --out /tmp/anchor_cal --mode graphs --quick --dtypes "${2:-isoquant4,isoquant3}" --timeout-per 240 2>&1 | tail -30 \
       > "$OUT/anchor_calib.md"
   cat "$OUT/anchor_calib.md"; cp /tmp/anchor_cal/res_*.json "$OUT/" 2>/dev/null
+  # the kit's anchor_bench.py passes no additional_config; the copy in .carry reads $ANCHOR_ADDITIONAL_CONFIG into
+  # LLM(additional_config=...) and records it in each result
+  grep -q '"additional_config"' /tmp/anchor_cal/res_*.json \
+    || echo "WARNING: anchor_bench.py ignored ANCHOR_ADDITIONAL_CONFIG: these runs are NOT calibrated"
 elif [ "$STEP" = quality ]; then
   OUT="$OUT/q" JOBS=${JOBS:-12} timeout 570 bash benchmarks/quality_gpu.sh /tmp/gpuvllm/smollm2-135m-hf .carry/licenses.txt \
     | grep -v "Loading weights" | tail -60
