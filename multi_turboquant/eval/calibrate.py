@@ -55,9 +55,9 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
-def _per_token(x: torch.Tensor) -> torch.Tensor:
-    """(B, heads, T, d) -> (B*T, heads, d) float32."""
-    return x.transpose(1, 2).reshape(-1, x.shape[1], x.shape[3]).float()
+def _per_token(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(B, heads, T, d) -> (B*T, heads, d) of `dtype`."""
+    return x.transpose(1, 2).reshape(-1, x.shape[1], x.shape[3]).to(dtype)
 
 
 @torch.no_grad()
@@ -65,6 +65,7 @@ def collect_kv(lm: LoadedModel, ids: torch.Tensor, window: int) -> list[LayerKV]
     """Post-RoPE keys, values and query mean squares of every layer over windows of ids (on the CPU)."""
     seen: dict[int, list[tuple[torch.Tensor, ...]]] = {}
     rotary = _rotary(lm)
+    turns: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # window length -> its cos, sin (the same every layer)
 
     def record(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         heads = k.shape[1]  # query head h is served by KV head h // (q heads / kv heads), as in repeat_kv
@@ -72,11 +73,12 @@ def collect_kv(lm: LoadedModel, ids: torch.Tensor, window: int) -> list[LayerKV]
         q_sq = q_sq.reshape(q_sq.shape[0], heads, -1, q_sq.shape[-1]).transpose(1, 2).reshape(-1, heads, q.shape[3])
         parts = [_per_token(k), _per_token(v), q_sq, k[:, :, 0].float()]
         if rotary is not None:  # turn each key back by its position (rotation by -p)
-            cos, sin = _cos_sin(rotary, k.shape[2], k.device)
-            pre = _per_token(k.double() * cos - _rotate_half(k.double()) * sin).double()  # (T, H, d)
+            if k.shape[2] not in turns:
+                turns[k.shape[2]] = _cos_sin(rotary, k.shape[2], k.device)
+            cos, sin = turns[k.shape[2]]
+            pre = _per_token(k.double() * cos - _rotate_half(k.double()) * sin, torch.float64)  # (T, H, d)
             h = pre.shape[-1] // 2
-            cross = (pre[..., :h] * pre[..., h:]).sum(0)  # (H, d/2), stored twice to stack with the (H, d) sums
-            parts.append(torch.stack((pre.sum(0), pre.pow(2).sum(0), torch.cat((cross, cross), -1))))
+            parts += [pre.sum(0), pre.pow(2).sum(0), (pre[..., :h] * pre[..., h:]).sum(0)]
         seen.setdefault(layer, []).append(tuple(parts))
 
     lm.hook.layers, lm.hook.observe = {}, record
@@ -87,11 +89,9 @@ def collect_kv(lm: LoadedModel, ids: torch.Tensor, window: int) -> list[LayerKV]
         lm.hook.observe = None
     layers = []
     for i in range(lm.num_layers):
-        keys, values, q_sq, sinks = (torch.cat(parts).cpu() for parts in list(zip(*seen[i]))[:4])
-        pre = None
-        if rotary is not None:
-            sums = torch.stack([p[4] for p in seen[i]]).sum(0).cpu() / keys.shape[0]
-            pre = (sums[0], sums[1], sums[2][..., :keys.shape[-1] // 2])
+        per_window = list(zip(*seen[i]))
+        keys, values, q_sq, sinks = (torch.cat(parts).cpu() for parts in per_window[:4])
+        pre = tuple(sum(parts).cpu() / keys.shape[0] for parts in per_window[4:]) or None  # pre-RoPE moments
         layers.append(LayerKV(keys, values, q_sq.mean(0), sinks.mean(0), pre))
     return layers
 
@@ -124,10 +124,11 @@ def fit_layers(kv: list[LayerKV], n_outliers: int, sink_weight: float = 0.0, cen
     """
     layers = []
     for s in kv:
-        key, value = (fit_channel_params(x, center=True, equalize=True, n_outliers=n_outliers)
-                      for x in (s.key, s.value))
+        value = fit_channel_params(s.value, center=True, equalize=True, n_outliers=n_outliers)
         if rotation is not None and s.pre_rope is not None:
             key = params_from_moments(*key_moments(s, *rotation), center=True, equalize=True, n_outliers=n_outliers)
+        else:
+            key = fit_channel_params(s.key, center=True, equalize=True, n_outliers=n_outliers)
         if sink_weight:
             wide = (key.scale.pow(2) + sink_weight * (s.sink_key - key.offset).pow(2)).sqrt()
             key = ChannelParams(key.offset, wide, key.outliers)
