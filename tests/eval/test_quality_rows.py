@@ -82,3 +82,13 @@ def test_worker_processes_measure_what_one_process_does():
     for a, b in zip(one, two):
         assert (a.ppl, a.agreement_pct, a.first_divergence) == (b.ppl, b.agreement_pct, b.first_divergence)
     assert one[1].ppl != one[0].ppl
+
+
+def test_calibrate_refuses_a_negative_horizon():
+    from multi_turboquant.eval.calibrate import calibrate
+
+    class Model:
+        head_dim = D
+
+    with pytest.raises(ValueError, match="horizon must be at least 0 positions"):
+        calibrate(Model(), torch.zeros(8, dtype=torch.long), 4, 0, "unused.json", "test", horizon=-1)

@@ -101,6 +101,8 @@ def test_encode_matches_the_reference() -> None:
         assert torch.equal(got, get_format(name).encode(x, params)), f"seed {seed}: {name}"
     with pytest.raises(ValueError, match="NaN or Inf"):
         triton_store.encode(torch.full((1, 2, 64), float("nan"), device=DEVICE), "isoquant3")
+    with pytest.raises(ValueError, match="encode takes \\(..., num_kv_heads, head_dim\\) vectors"):
+        triton_store.encode(torch.zeros(64, device=DEVICE), "isoquant3")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
