@@ -150,6 +150,17 @@ def test_non_finite_input(name, bad):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_calibration_overflow_raises(name):
+    """Finite input that (x - offset) / scale takes past float32's range is an error, not a silent record."""
+    x = torch.randn(3, 64)
+    x[1, 5] = 3.0e38
+    fmt = mtq.get_format(name)
+    with pytest.raises(ValueError, match=rf"{name}: input is not finite after calibration"):
+        fmt.encode(x, mtq.ChannelParams(scale=torch.full((64,), 0.5)))
+    assert fmt.encode(x, mtq.ChannelParams(scale=torch.full((64,), 2.0))).shape == (3, fmt.bytes_per_vector(64))
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_bad_packed_input(name):
     fmt = mtq.get_format(name)
     n = fmt.bytes_per_vector(64)

@@ -49,7 +49,8 @@ class KVFormat(ABC):
     def encode(self, x: torch.Tensor, params: ChannelParams | None = None) -> torch.Tensor:
         """Encode (..., head_dim) fp16/bf16/fp32 vectors to (..., bytes_per_vector) uint8.
 
-        Raises ValueError for an unsupported dtype or head_dim, NaN/Inf input, or bad params.
+        Raises ValueError for an unsupported dtype or head_dim, NaN/Inf input (also after calibration), or bad
+        params.
         """
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"{self.name}: expected a torch.Tensor, got {type(x).__name__}")
@@ -70,6 +71,9 @@ class KVFormat(ABC):
             alt = self.to_canonical(x, params.recentered(), head_dim).reshape(-1, head_dim)
             flag = tree_sum(alt * alt) < tree_sum(canon * canon)
             canon = torch.where(flag, alt, canon)
+        if not torch.isfinite(canon).all():  # finite input that (x - offset) / scale takes past float32's range
+            raise ValueError(f"{self.name}: input is not finite after calibration: (x - offset) / scale overflows "
+                             f"float32")
         out = torch.empty(canon.shape[0], nbytes, dtype=torch.uint8, device=x.device)
         for start in range(0, canon.shape[0], CHUNK_ROWS):
             out[start:start + CHUNK_ROWS] = self._encode_rows(canon[start:start + CHUNK_ROWS])
