@@ -35,43 +35,39 @@ _CONSTRAINTS = tl.constexpr(",".join(["=h"] * 16 + ["r"] * 2))
 
 
 @triton.jit
-def _u16(rows, valid, OFF: tl.constexpr, STRIDE: tl.constexpr, NG: tl.constexpr):
+def _u16(rows, OFF: tl.constexpr, STRIDE: tl.constexpr, NG: tl.constexpr):
     """(BLOCK_N, NG) int32: the 16-bit unit at byte OFF + STRIDE * g of each record, g < NG (two byte loads:
     records are only 2-byte aligned, and int16 pointer loads faulted on the H100 with misaligned addresses)."""
     at = rows[:, None] + (OFF + STRIDE * tl.arange(0, NG))[None, :]
-    lo = tl.load(at, mask=valid[:, None], other=0).to(tl.int32)
-    hi = tl.load(at + 1, mask=valid[:, None], other=0).to(tl.int32)
-    return lo | (hi << 8)
+    return tl.load(at).to(tl.int32) | (tl.load(at + 1).to(tl.int32) << 8)
 
 
 @triton.jit
-def _word(rows, valid, OFF: tl.constexpr, STRIDE: tl.constexpr, NG: tl.constexpr):
+def _word(rows, OFF: tl.constexpr, STRIDE: tl.constexpr, NG: tl.constexpr):
     """(BLOCK_N, NG) int32: the little-endian 32-bit word at byte OFF + STRIDE * g (STRIDE >= 4) of each record,
     as two int16 loads: 2-byte aligned, and never vectorized (no two of them are adjacent)."""
     at = (rows[:, None] + (OFF + STRIDE * tl.arange(0, NG))[None, :]).to(tl.pointer_type(tl.int16))
-    lo = tl.load(at, mask=valid[:, None], other=0).to(tl.int32) & 0xFFFF
-    hi = tl.load(at + 1, mask=valid[:, None], other=0).to(tl.int32)
-    return lo | (hi << 16)
+    return (tl.load(at).to(tl.int32) & 0xFFFF) | (tl.load(at + 1).to(tl.int32) << 16)
 
 
 @triton.jit
-def _fetch_part(rows, valid, OFF: tl.constexpr, N: tl.constexpr, BITS: tl.constexpr):
+def _fetch_part(rows, OFF: tl.constexpr, N: tl.constexpr, BITS: tl.constexpr):
     """Raw words (x0, x1) of the N BITS-bit codes at byte OFF, per group of 16 codes (see unpack_asm):
     1 bit: the 16-bit unit; 2: the 32-bit word; 3: the 2-bit plane's word and the 1-bit plane's unit;
-    4: two words. x1 repeats x0 where unused."""
+    4: two words. x1 repeats x0 where unused. Unmasked: every row points into the cache (see _slots)."""
     NG: tl.constexpr = N // 16
     if BITS == 1:
-        x0 = _u16(rows, valid, OFF, 2, NG)
+        x0 = _u16(rows, OFF, 2, NG)
         x1 = x0
     elif BITS == 2:
-        x0 = _word(rows, valid, OFF, 4, NG)
+        x0 = _word(rows, OFF, 4, NG)
         x1 = x0
     elif BITS == 3:
-        x0 = _word(rows, valid, OFF, 4, NG)
-        x1 = _u16(rows, valid, OFF + N // 4, 2, NG)
+        x0 = _word(rows, OFF, 4, NG)
+        x1 = _u16(rows, OFF + N // 4, 2, NG)
     else:
-        x0 = _word(rows, valid, OFF, 8, NG)
-        x1 = _word(rows, valid, OFF + 4, 8, NG)
+        x0 = _word(rows, OFF, 8, NG)
+        x1 = _word(rows, OFF + 4, 8, NG)
     return x0, x1
 
 
@@ -162,13 +158,13 @@ def _levels(x0, x1, table, BITS: tl.constexpr, ROW: tl.constexpr, DT: tl.constex
 def _fetch(rows, valid, NA: tl.constexpr, BA: tl.constexpr, NB: tl.constexpr, BB: tl.constexpr,
            NC: tl.constexpr, TURBO: tl.constexpr, REC: tl.constexpr):
     """Raw words of the records at `rows` (nothing decoded yet, so the next tile's loads overlap this one's math):
-    parts (a0, a1), (b0, b1), c (see _fetch_part) and the int16 scale words (s0, s1); dummies for absent parts,
-    0 for invalid rows."""
-    a0, a1 = _fetch_part(rows, valid, 0, NA, BA)
+    parts (a0, a1), (b0, b1), c (see _fetch_part) and the int16 scale words (s0, s1); dummies for absent parts.
+    Invalid rows read block 0's codes but get zero scale words, so they contribute nothing."""
+    a0, a1 = _fetch_part(rows, 0, NA, BA)
     s0 = tl.load((rows + (REC - 2)).to(tl.pointer_type(tl.int16)), mask=valid, other=0)
     if TURBO:
-        b0, b1 = _fetch_part(rows, valid, NA * BA // 8, NB, BB)
-        c, _ = _fetch_part(rows, valid, (NA * BA + NB * BB) // 8, NC, 1)
+        b0, b1 = _fetch_part(rows, NA * BA // 8, NB, BB)
+        c, _ = _fetch_part(rows, (NA * BA + NB * BB) // 8, NC, 1)
         s1 = tl.load((rows + (REC - 4)).to(tl.pointer_type(tl.int16)), mask=valid, other=0)
     else:
         # tensors, not constants, so that loops can carry them
@@ -180,7 +176,7 @@ def _fetch(rows, valid, NA: tl.constexpr, BA: tl.constexpr, NB: tl.constexpr, BB
 def _record(a0, a1, b0, b1, c, s0, s1, table, BA: tl.constexpr, BB: tl.constexpr, TURBO: tl.constexpr,
             DT: tl.constexpr, ASM: tl.constexpr):
     """Level tiles (a, b, c) in DT, per-slot scales (sa, sb, sc) and centroid flags (0.0/1.0: the scale word's sign
-    bit) from _fetch's words. Invalid rows have zero words, hence zero scales, so garbage slots contribute nothing.
+    bit) from _fetch's words. Invalid rows have zero scale words, hence zero scales: they contribute nothing.
     """
     a = _levels(a0, a1, table, BA, BA, DT, ASM)
     if TURBO:
@@ -269,7 +265,8 @@ def _scaled_rows(ptr, row, mask, NA: tl.constexpr, NB: tl.constexpr, NC: tl.cons
 @triton.jit
 def _slots(bt_row, page_base, t, t_hi, cached, HKV: tl.constexpr, BLOCK_N: tl.constexpr, BS: tl.constexpr,
            SLOT: tl.constexpr):
-    """Record pointers and validity of the BLOCK_N slots of tile t (none valid from tile t_hi on)."""
+    """Record pointers and validity of the BLOCK_N slots of tile t (none valid from tile t_hi on); an invalid slot
+    points into block 0, so its record can be read unmasked."""
     j = t * BLOCK_N + tl.arange(0, BLOCK_N)
     valid = (j < cached) & (j < t_hi * BLOCK_N)
     page = tl.load(bt_row + j // BS, mask=valid, other=0).to(tl.int64)
@@ -342,9 +339,9 @@ def decode_kernel(
 
 
 def tile(kspec: RecordSpec, vspec: RecordSpec) -> tuple[int, int]:
-    """(slots per step, warps): measured on the H100 at d = 128 (BENCHMARKS.md); TurboQuant's two feature halves
-    and QJL part hold twice the features per slot, and take bigger steps better."""
-    return TILE or ((64, 4) if kspec.turbo or vspec.turbo else (32, 4))
+    """(slots per step, warps): measured on the H100 at d = 128 (BENCHMARKS.md): 64 slots in 2 warps for
+    IsoQuant/PlanarQuant, 64 in 4 for TurboQuant (its two feature halves and QJL part hold twice the features)."""
+    return TILE or ((64, 4) if kspec.turbo or vspec.turbo else (64, 2))
 
 
 def dot_dtype(device: torch.device) -> torch.dtype:

@@ -95,38 +95,53 @@ def _fwht(x, ROWS: tl.constexpr, LOG2N: tl.constexpr):
 
 
 @triton.jit
+def _row(table, N: tl.constexpr):
+    """The first N (<= 256) floats of a table as one (256,) tile: one round of loads, not one per probe."""
+    j = tl.arange(0, 256)
+    return tl.load(table + j, mask=j < N, other=0.0)
+
+
+@triton.jit
+def _pick(tile, j):
+    """tile[j] per row (j (ROWS,) int32, tile (256,)), exactly (no arithmetic on the value)."""
+    hit = tl.arange(0, 256)[None, :] == j[:, None]
+    return tl.max(tl.where(hit, tile[None, :], float("-inf")), axis=1)
+
+
+@triton.jit
 def _count_prefix(a, b, tab_a, tab_b, N: tl.constexpr, SCALE_A: tl.constexpr):
     """Binary search for the length of the true prefix of pred(j) = a*tab_a[j] > b*tab_b[j] (a alone
-    unless SCALE_A), j < N, in codebooks.count_prefix's exact order of probes (N in 128..255)."""
+    unless SCALE_A), j < N, in codebooks.count_prefix's exact order of probes (N in 128..255); tab_a and tab_b
+    are _row tiles."""
     k = tl.zeros(a.shape, dtype=tl.int32)
-    for s in range(8):
+    for s in tl.static_range(8):
         cand = k + (128 >> s)
         j = tl.minimum(cand - 1, N - 1)
         lhs = a
         if SCALE_A:
-            lhs = a * tl.load(tab_a + j)
-        k = tl.where((cand <= N) & (lhs > b * tl.load(tab_b + j)), cand, k)
+            lhs = a * _pick(tab_a, j)
+        k = tl.where((cand <= N) & (lhs > b * _pick(tab_b, j)), cand, k)
     return k
 
 
 # -- encoder stages --------------------------------------------------------------------------------
 @triton.jit
-def _load_canonical(x_ptr, x_offs, x_sd, off_ptr, scale_ptr, idx, ok):
+def _load_canonical(x_ptr, x_offs, x_sd, off_ptr, scale_ptr, idx, live):
     """Channels `idx` of the rows at x_offs (ROWS,) as float32, calibration applied: (x - offset) / scale.
 
     off_ptr and scale_ptr (ROWS,) point at each row's offset (or centroid) and scale; without calibration
     they are 0 and 1, which change no bit (x - 0 = x, x / 1 = x)."""
     ptrs = x_ptr + x_offs[:, None] + idx * x_sd
     if x_ptr.dtype.element_ty == tl.bfloat16:  # widened by its bits: Triton 3.9's interpreter garbles subnormals
-        x = (tl.load(ptrs.to(tl.pointer_type(tl.uint16)), mask=ok[:, None], other=0).to(tl.uint32) << 16)
+        x = (tl.load(ptrs.to(tl.pointer_type(tl.uint16)), mask=live[:, None], other=0).to(tl.uint32) << 16)
         x = x.to(tl.float32, bitcast=True)
     else:
-        x = tl.load(ptrs, mask=ok[:, None], other=0.0).to(tl.float32)
+        x = tl.load(ptrs, mask=live[:, None], other=0.0).to(tl.float32)
     return tl.math.div_rn(x - tl.load(off_ptr[:, None] + idx), tl.load(scale_ptr[:, None] + idx))
 
 
 @triton.jit
-def _centering(x_ptr, x_offs, x_sd, chan_ptr, lo, hi, ok, ROWS: tl.constexpr, LOG2H: tl.constexpr, D: tl.constexpr,
+def _centering(x_ptr, x_offs, x_sd, chan_ptr, lo, hi, live, ROWS: tl.constexpr, LOG2H: tl.constexpr, D: tl.constexpr,
                CEN: tl.constexpr):
     """Per row, (flag, offset pointer): with a centroid (CEN), flag = 1 where the calibrated vector is nearer it
     than the offset (strictly, by tree sums of squares over the canonical order: halves at channels lo and hi),
@@ -134,11 +149,11 @@ def _centering(x_ptr, x_offs, x_sd, chan_ptr, lo, hi, ok, ROWS: tl.constexpr, LO
     centroid) rows of D floats."""
     flag = tl.zeros(x_offs.shape, dtype=tl.int32)
     if CEN:
-        a = _load_canonical(x_ptr, x_offs, x_sd, chan_ptr, chan_ptr + D, lo, ok)
-        b = _load_canonical(x_ptr, x_offs, x_sd, chan_ptr, chan_ptr + D, hi, ok)
+        a = _load_canonical(x_ptr, x_offs, x_sd, chan_ptr, chan_ptr + D, lo, live)
+        b = _load_canonical(x_ptr, x_offs, x_sd, chan_ptr, chan_ptr + D, hi, live)
         s_off = _tree_sum(a * a + b * b, ROWS, LOG2H)
-        a = _load_canonical(x_ptr, x_offs, x_sd, chan_ptr + 2 * D, chan_ptr + D, lo, ok)
-        b = _load_canonical(x_ptr, x_offs, x_sd, chan_ptr + 2 * D, chan_ptr + D, hi, ok)
+        a = _load_canonical(x_ptr, x_offs, x_sd, chan_ptr + 2 * D, chan_ptr + D, lo, live)
+        b = _load_canonical(x_ptr, x_offs, x_sd, chan_ptr + 2 * D, chan_ptr + D, hi, live)
         flag = (_tree_sum(a * a + b * b, ROWS, LOG2H) < s_off).to(tl.int32)
     return flag, chan_ptr + flag * (2 * D)
 
@@ -161,25 +176,26 @@ def _finite_max(x):
 
 @triton.jit
 def _quantize(y, cb, ROWS: tl.constexpr, LOG2N: tl.constexpr, BITS: tl.constexpr):
-    """formats.base.scalar_quantize: codes (ROWS, N) int32 and least-squares scale (ROWS,) over 8 candidates."""
+    """formats.base.scalar_quantize: codes (ROWS, N) int32 and least-squares scale (ROWS,) over 8 candidates,
+    all 8 at once as (ROWS, 8, N) tiles, which more warps per program can share."""
     NL: tl.constexpr = 1 << BITS
+    N: tl.constexpr = 1 << LOG2N
+    cand = tl.arange(0, 8)
     sq = _tree_sum(y * y, ROWS, LOG2N)
-    lhs = y * tl.abs(y) * (1 << LOG2N)
-    best_gain = tl.full(sq.shape, -1.0, tl.float32)  # every gain is >= 0: candidate 0 always replaces it
-    best_alpha = tl.zeros(sq.shape, dtype=tl.float32)
-    best_codes = tl.zeros(y.shape, dtype=tl.int32)
-    for c in range(8):
-        codes = tl.zeros(y.shape, dtype=tl.int32)
-        for j in range(NL - 1):
-            codes += (lhs > (tl.load(cb + NL + c * (NL - 1) + j) * sq)[:, None]).to(tl.int32)
-        lv = tl.load(cb + codes)
-        num = _tree_sum(y * lv, ROWS, LOG2N)
-        den = _tree_sum(lv * lv, ROWS, LOG2N)
-        better = tl.math.div_rn(num * num, den) > best_gain  # strict: the first candidate wins ties
-        best_gain = tl.where(better, tl.math.div_rn(num * num, den), best_gain)
-        best_alpha = tl.where(better, tl.math.div_rn(num, den), best_alpha)
-        best_codes = tl.where(better[:, None], codes, best_codes)
-    return best_codes, best_alpha
+    lhs = (y * tl.abs(y) * N)[:, None, :]
+    codes = tl.zeros((ROWS, 8, N), dtype=tl.int32)
+    for j in tl.static_range(NL - 1):
+        bound = tl.load(cb + NL + cand * (NL - 1) + j)[None, :] * sq[:, None]
+        codes += (lhs > bound[:, :, None]).to(tl.int32)
+    lv = tl.load(cb + codes)
+    num = tl.reshape(_tree_sum(tl.reshape(y[:, None, :] * lv, (ROWS * 8, N)), ROWS * 8, LOG2N), (ROWS, 8))
+    den = tl.reshape(_tree_sum(tl.reshape(lv * lv, (ROWS * 8, N)), ROWS * 8, LOG2N), (ROWS, 8))
+    gain = tl.math.div_rn(num * num, den)
+    # the first candidate of the largest gain (the reference keeps a candidate only if strictly better)
+    first = tl.min(tl.where(gain == tl.max(gain, axis=1)[:, None], cand[None, :], 8), axis=1)
+    pick = cand[None, :] == first[:, None]
+    alpha = tl.max(tl.where(pick, tl.math.div_rn(num, den), float("-inf")), axis=1)
+    return tl.sum(tl.where(pick[:, :, None], codes, 0), axis=1), alpha
 
 
 @triton.jit
@@ -220,14 +236,14 @@ def _store_bf16(out, v, flag, finite, ok):
 
 
 @triton.jit
-def encode_block_rotation(x_ptr, x_offs, x_sd, chan_ptr, consts, out, ok, ROWS: tl.constexpr, LOG2D: tl.constexpr,
+def encode_block_rotation(x_ptr, x_offs, x_sd, chan_ptr, consts, out, live, ok, ROWS: tl.constexpr, LOG2D: tl.constexpr,
                           K: tl.constexpr, BITS: tl.constexpr, CEN: tl.constexpr):
     """IsoQuant (K = 4) / PlanarQuant (K = 2) records of ROWS vectors at x_ptr + x_offs to out (ROWS,) pointers."""
     D: tl.constexpr = 1 << LOG2D
     i = tl.arange(0, D)
     half = tl.arange(0, D // 2)
-    flag, off = _centering(x_ptr, x_offs, x_sd, chan_ptr, half, D // 2 + half, ok, ROWS, LOG2D - 1, D, CEN)
-    amax, finite = _finite_max(_load_canonical(x_ptr, x_offs, x_sd, off, chan_ptr + D, i, ok))
+    flag, off = _centering(x_ptr, x_offs, x_sd, chan_ptr, half, D // 2 + half, live, ROWS, LOG2D - 1, D, CEN)
+    amax, finite = _finite_max(_load_canonical(x_ptr, x_offs, x_sd, off, chan_ptr + D, i, live))
     e = _exponent(amax)
     neg_e = -e[:, None]
     CB: tl.constexpr = 9 * (1 << BITS) - 8  # codebook floats: levels, then 8 rows of thresholds
@@ -235,7 +251,7 @@ def encode_block_rotation(x_ptr, x_offs, x_sd, chan_ptr, consts, out, ok, ROWS: 
     y = tl.zeros((ROWS, D), dtype=tl.float32)
     for t in tl.static_range(K):  # y[i] = sum_t M[i // K][i % K][t] * x[(i // K) * K + t], t in order
         src = (i // K) * K + t
-        xt = _scale_pow2(_load_canonical(x_ptr, x_offs, x_sd, off, chan_ptr + D, src, ok), neg_e)
+        xt = _scale_pow2(_load_canonical(x_ptr, x_offs, x_sd, off, chan_ptr + D, src, live), neg_e)
         term = tl.load(rot + i * K + t)[None, :] * xt
         if t == 0:
             y = term
@@ -247,7 +263,7 @@ def encode_block_rotation(x_ptr, x_offs, x_sd, chan_ptr, consts, out, ok, ROWS: 
 
 
 @triton.jit
-def encode_turboquant(x_ptr, x_offs, x_sd, chan_ptr, perm, consts, out, ok, ROWS: tl.constexpr, LOG2D: tl.constexpr,
+def encode_turboquant(x_ptr, x_offs, x_sd, chan_ptr, perm, consts, out, live, ok, ROWS: tl.constexpr, LOG2D: tl.constexpr,
                       M: tl.constexpr, CEN: tl.constexpr):
     """TurboQuant (m = M) records (formats.turboquant.TurboQuant._encode_rows); perm (ROWS,) points at each
     row's channel permutation (outlier half first)."""
@@ -255,9 +271,9 @@ def encode_turboquant(x_ptr, x_offs, x_sd, chan_ptr, perm, consts, out, ok, ROWS
     H: tl.constexpr = D // 2
     i = tl.arange(0, H)
     ch_o, ch_n = tl.load(perm[:, None] + i), tl.load(perm[:, None] + H + i)
-    flag, off = _centering(x_ptr, x_offs, x_sd, chan_ptr, ch_o, ch_n, ok, ROWS, LOG2D - 1, D, CEN)
-    x_o = _load_canonical(x_ptr, x_offs, x_sd, off, chan_ptr + D, ch_o, ok)
-    x_n = _load_canonical(x_ptr, x_offs, x_sd, off, chan_ptr + D, ch_n, ok)
+    flag, off = _centering(x_ptr, x_offs, x_sd, chan_ptr, ch_o, ch_n, live, ROWS, LOG2D - 1, D, CEN)
+    x_o = _load_canonical(x_ptr, x_offs, x_sd, off, chan_ptr + D, ch_o, live)
+    x_n = _load_canonical(x_ptr, x_offs, x_sd, off, chan_ptr + D, ch_n, live)
     # table sections
     cb_o = consts
     cb_n = cb_o + (9 * (1 << (M + 1)) - 8)
@@ -271,6 +287,9 @@ def encode_turboquant(x_ptr, x_offs, x_sd, chan_ptr, perm, consts, out, ok, ROWS
     beta_mid = sin_mid + 255
     s_half = tl.load(beta_mid + 254)
     s_full = tl.load(beta_mid + 255)
+    # the angle and beta tables whole, loaded at the start: their lookups are then off the memory-latency chain
+    cos_tab, sin_tab, cos_mid_tab = _row(cos_lv, 256), _row(sin_lv, 256), _row(cos_mid, 255)
+    sin_mid_tab, beta_tab = _row(sin_mid, 255), _row(beta_mid, 254)
 
     amax_o, fin_o = _finite_max(x_o)
     amax_n, fin_n = _finite_max(x_n)
@@ -281,15 +300,15 @@ def encode_turboquant(x_ptr, x_offs, x_sd, chan_ptr, perm, consts, out, ok, ROWS
     codes_n, a_n = _quantize(y_n, cb_n, ROWS, LOG2D - 1, M)
 
     rho = _bf16_sqrt(a_o * a_o + a_n * a_n)
-    theta = _count_prefix(a_n, a_o, cos_mid, sin_mid, 255, True)
-    a_o = rho * tl.load(cos_lv + theta)
-    a_n = rho * tl.load(sin_lv + theta)
+    theta = _count_prefix(a_n, a_o, cos_mid_tab, sin_mid_tab, 255, True)
+    a_o = rho * _pick(cos_tab, theta)
+    a_n = rho * _pick(sin_tab, theta)
     r_o = _fwht((y_o - a_o[:, None] * tl.load(cb_o + codes_o)) * tl.load(sig_q + i)[None, :], ROWS, LOG2D - 1)
     r_n = _fwht((y_n - a_n[:, None] * tl.load(cb_n + codes_n)) * tl.load(sig_q + H + i)[None, :], ROWS, LOG2D - 1)
     w_o = (r_o + r_n) * s_full  # the last butterfly of the length-D transform joins the halves
     w_n = (r_o - r_n) * s_full
     beta = _tree_sum(tl.abs(w_o) + tl.abs(w_n), ROWS, LOG2D - 1) * (1.0 / D)
-    beta_code = tl.where(beta > 0, 1 + _count_prefix(beta, rho, beta_mid, beta_mid, 254, False), 0)
+    beta_code = tl.where(beta > 0, 1 + _count_prefix(beta, rho, beta_tab, beta_tab, 254, False), 0)
 
     n_o: tl.constexpr = H * (M + 1) // 8
     n_n: tl.constexpr = H * M // 8

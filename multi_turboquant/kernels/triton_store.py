@@ -23,12 +23,12 @@ HEAD_DIMS = (16, 32, 64, 128, 256, 512)
 
 
 @triton.jit
-def _encode(x_ptr, x_offs, x_sd, chan, perm, consts, out, ok, ROWS: tl.constexpr, LOG2D: tl.constexpr,
+def _encode(x_ptr, x_offs, x_sd, chan, perm, consts, out, live, ok, ROWS: tl.constexpr, LOG2D: tl.constexpr,
             K: tl.constexpr, BITS: tl.constexpr, CEN: tl.constexpr):
     if K == 0:
-        encode_turboquant(x_ptr, x_offs, x_sd, chan, perm, consts, out, ok, ROWS, LOG2D, BITS, CEN)
+        encode_turboquant(x_ptr, x_offs, x_sd, chan, perm, consts, out, live, ok, ROWS, LOG2D, BITS, CEN)
     else:
-        encode_block_rotation(x_ptr, x_offs, x_sd, chan, consts, out, ok, ROWS, LOG2D, K, BITS, CEN)
+        encode_block_rotation(x_ptr, x_offs, x_sd, chan, consts, out, live, ok, ROWS, LOG2D, K, BITS, CEN)
 
 
 _RUNTIME_INTS = ("rows", "num_slots", "num_heads", "block_size", "k_st", "k_sh", "k_sd", "v_st", "v_sh", "v_sd",
@@ -42,7 +42,8 @@ def _store_kernel(key, value, cache, slots, k_consts, k_chan, k_perm, v_consts, 
                   KEY_BYTES: tl.constexpr, ROWS: tl.constexpr, LOG2D: tl.constexpr,
                   K_K: tl.constexpr, K_BITS: tl.constexpr, K_CEN: tl.constexpr,
                   V_K: tl.constexpr, V_BITS: tl.constexpr, V_CEN: tl.constexpr):
-    """Rows are (token, KV head) pairs; each program encodes ROWS of them, key then value record."""
+    """Rows are (token, KV head) pairs; each program encodes ROWS of them, their key records (program_id(1) = 0)
+    or their value records (1). Loads wait for nothing but `live` (the row exists); stores need a valid slot."""
     D: tl.constexpr = 1 << LOG2D
     r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     live = r < rows
@@ -51,10 +52,12 @@ def _store_kernel(key, value, cache, slots, k_consts, k_chan, k_perm, v_consts, 
     slot = tl.load(slots + t, mask=live, other=-1).to(tl.int64)
     ok = live & (slot >= 0) & (slot < num_slots)
     out = cache + (slot // block_size) * c_sb + h * c_sh + (slot % block_size) * c_st
-    _encode(key, t * k_st + h * k_sh, k_sd, k_chan + h * 3 * D, k_perm + h * D, k_consts, out, ok,
-            ROWS, LOG2D, K_K, K_BITS, K_CEN)
-    _encode(value, t * v_st + h * v_sh, v_sd, v_chan + h * 3 * D, v_perm + h * D, v_consts, out + KEY_BYTES, ok,
-            ROWS, LOG2D, V_K, V_BITS, V_CEN)
+    if tl.program_id(1) == 0:
+        _encode(key, t * k_st + h * k_sh, k_sd, k_chan + h * 3 * D, k_perm + h * D, k_consts, out, live, ok,
+                ROWS, LOG2D, K_K, K_BITS, K_CEN)
+    else:
+        _encode(value, t * v_st + h * v_sh, v_sd, v_chan + h * 3 * D, v_perm + h * D, v_consts, out + KEY_BYTES,
+                live, ok, ROWS, LOG2D, V_K, V_BITS, V_CEN)
 
 
 _TABLES: dict[tuple, tuple] = {}
@@ -118,11 +121,12 @@ def store(
     value_params: ChannelParams | None = None,
     *,
     rows_per_program: int = 1,
-    num_warps: int = 1,
+    num_warps: int | None = None,
 ) -> None:
     """Encode key/value (T, num_kv_heads, head_dim) into the slots `slot_mapping` (T,) names, in one launch.
 
     Slot s is token s % block_size of block s // block_size; slots < 0 or beyond the cache are skipped.
+    num_warps: per program; None picks by batch size (`default_warps`).
     """
     check_head_dim(layout.head_dim)
     check_store_args(key, value, cache, slot_mapping, layout)
@@ -138,13 +142,15 @@ def store(
         raise ValueError("store: the cache's last dim must be contiguous")
     if rows_per_program < 1 or rows_per_program & (rows_per_program - 1):
         raise ValueError(f"store: rows_per_program must be a power of two, got {rows_per_program}")
+    if num_warps is not None and num_warps not in (1, 2, 4, 8, 16, 32):
+        raise ValueError(f"store: num_warps must be a power of two from 1 to 32, got {num_warps}")
     rows = key.shape[0] * layout.num_kv_heads
     if rows == 0:
         return
     k_consts, k_chan, k_perm, k_cen = _stream_tables(layout.key_format, layout, key_params, cache.device)
     v_consts, v_chan, v_perm, v_cen = _stream_tables(layout.value_format, layout, value_params, cache.device)
     k_fmt, v_fmt = get_format(layout.key_format), get_format(layout.value_format)
-    grid = (triton.cdiv(rows, rows_per_program),)
+    grid = (triton.cdiv(rows, rows_per_program), 2)
     _store_kernel[grid](
         key, value, cache, slot_mapping, k_consts, k_chan, k_perm, v_consts, v_chan, v_perm,
         rows, cache.shape[0] * layout.block_size, layout.num_kv_heads, layout.block_size,
@@ -152,8 +158,14 @@ def store(
         KEY_BYTES=layout.key_bytes, ROWS=rows_per_program, LOG2D=layout.head_dim.bit_length() - 1,
         K_K=FAMILIES[k_fmt.family], K_BITS=_code_bits(k_fmt), K_CEN=k_cen,
         V_K=FAMILIES[v_fmt.family], V_BITS=_code_bits(v_fmt), V_CEN=v_cen,
-        num_warps=num_warps, enable_fp_fusion=False,
+        num_warps=num_warps or default_warps(rows), enable_fp_fusion=False,
     )
+
+
+def default_warps(rows: int) -> int:
+    """Warps per program for `rows` (token, KV head) pairs, measured on the H100 (BENCHMARKS.md): a decode-sized
+    launch is one latency-bound chain per program, which 4 warps shorten; large ones are throughput-bound."""
+    return 4 if rows <= 64 else 2 if rows <= 256 else 1
 
 
 def encode(x: torch.Tensor, name: str, params: ChannelParams | None = None) -> torch.Tensor:

@@ -136,8 +136,26 @@ def test_non_finite_vectors_get_nan_scales() -> None:
         assert torch.equal(rec[~bad], get_format(name).encode(x[~bad])), f"seed {seed}: {name} finite rows differ"
 
 
+@pytest.mark.parametrize("name", ["isoquant3", "turboquant35"])
+def test_calibration_overflow_gets_a_nan_scale(name: str) -> None:
+    """A finite vector that (x - offset) / scale overflows: the reference raises, the kernel writes a NaN scale."""
+    layout = KVCacheLayout(name, name, 64, 1, 16)
+    x = torch.randn(2, 1, 64)
+    x[1, 0, 7] = 3.0e38
+    params = ChannelParams(scale=torch.full((64,), 0.5))
+    with pytest.raises(ValueError, match="not finite after calibration"):
+        get_format(name).encode(x[1, 0], params)
+    got = torch.zeros(layout.shape(1), dtype=torch.uint8, device=DEVICE)
+    store(x.to(DEVICE), x.to(DEVICE), got, torch.arange(2, device=DEVICE), layout, params_to(params, DEVICE),
+          params_to(params, DEVICE))
+    rec = got.cpu()[0, 0, :, :layout.key_bytes]
+    decoded = get_format(name).decode(rec, 64, params=params)
+    assert decoded[1].isnan().all() and torch.isfinite(decoded[0]).all()
+    assert torch.equal(rec[0], get_format(name).encode(x[0, 0], params))
+
+
 def test_default_launch() -> None:
-    """The default launch configuration (one vector per program), which the GPU timings use."""
+    """The default launch configuration (one vector per program, warps by batch size), which the GPU timings use."""
     layout = KVCacheLayout("turboquant35", "isoquant3", 128, 2, 16)
     seed, gen = seeded()
     key, value, slots, num_blocks = batch(layout, 3, gen, skip=1)
@@ -181,6 +199,14 @@ def test_bad_input_raises() -> None:
         store(x, x, cache, slots, layout, ChannelParams(scale=-torch.ones(64, device=DEVICE)))
     with pytest.raises(ValueError, match="broadcast"):
         store(x, x, cache, slots, layout, ChannelParams(offset=torch.ones(3, 64, device=DEVICE)))
+    for warps in (0, 3, 64):
+        with pytest.raises(ValueError, match=f"num_warps must be a power of two from 1 to 32, got {warps}"):
+            store(x, x, cache, slots, layout, num_warps=warps)
+
+
+def test_default_warps_by_batch_size() -> None:
+    """Decode-sized launches get 4 warps per program, mid-sized 2, large ones 1 (BENCHMARKS.md)."""
+    assert [triton_store.default_warps(r) for r in (1, 64, 65, 256, 257, 16384)] == [4, 4, 2, 2, 1, 1]
 
 
 def test_compare_records_flags_a_corrupted_record() -> None:
@@ -238,3 +264,20 @@ def test_cuda_large_batches(key_format: str, head_dim: int) -> None:
     key, value, slots, num_blocks = batch(layout, 2048, gen, skip=100)
     ref, got = run_both(layout, key, value, slots, num_blocks, gen)
     assert torch.equal(ref, got), f"seed {seed}: {(ref != got).any(-1).sum()} slots differ"
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="launch shapes are a CUDA matter")
+@pytest.mark.parametrize("with_params", [False, True])
+@pytest.mark.parametrize("warps", [1, 4])
+@pytest.mark.parametrize("key_format", FORMATS)
+def test_cuda_decode_batch_matches_the_reference(key_format: str, warps: int, with_params: bool) -> None:
+    """A decode-sized batch (8 tokens, 2 skipped) writes the reference's bytes, at 1 and 4 warps per program,
+    with and without channel params (offset, scale, centroid, outliers)."""
+    value_format = FORMATS[(FORMATS.index(key_format) + 3) % len(FORMATS)]
+    layout = KVCacheLayout(key_format, value_format, 128, 4, 16)
+    seed, gen = seeded()
+    key, value, slots, num_blocks = batch(layout, 8, gen)
+    kp, vp = (random_params(f, 4, 128, gen, 1.0) if with_params else None for f in (key_format, value_format))
+    ref, got = run_both(layout, key, value, slots, num_blocks, gen, kp, vp, num_warps=warps)
+    differ = (ref != got).any(-1)
+    assert not differ.any(), f"seed {seed}: {int(differ.sum())} slots differ, (block, head, slot) {differ.nonzero()[:4].tolist()}"
