@@ -14,6 +14,8 @@ MIN_HEAD_DIM, MAX_HEAD_DIM, HEAD_DIM_MULTIPLE = 16, 512, 16
 CHUNK_ROWS = 1 << 15
 
 
+CALIBRATION_OVERFLOW = "input is not finite after calibration: (x - offset) / scale overflows float32"
+
 class KVFormat(ABC):
     """One packed KV-cache format: `encode` (..., d) floats -> (..., nbytes) uint8 and back."""
 
@@ -72,8 +74,7 @@ class KVFormat(ABC):
             flag = tree_sum(alt * alt) < tree_sum(canon * canon)
             canon = torch.where(flag, alt, canon)
         if not torch.isfinite(canon).all():  # finite input that (x - offset) / scale takes past float32's range
-            raise ValueError(f"{self.name}: input is not finite after calibration: (x - offset) / scale overflows "
-                             f"float32")
+            raise ValueError(f"{self.name}: {CALIBRATION_OVERFLOW}")
         out = torch.empty(canon.shape[0], nbytes, dtype=torch.uint8, device=x.device)
         for start in range(0, canon.shape[0], CHUNK_ROWS):
             out[start:start + CHUNK_ROWS] = self._encode_rows(canon[start:start + CHUNK_ROWS])

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..formats.base import SUPPORTED_DTYPES
+from ..formats.base import CALIBRATION_OVERFLOW, SUPPORTED_DTYPES
 from ..formats.params import ChannelParams
 from ..formats.registry import get_format
 from .layout import KVCacheLayout
@@ -122,11 +122,13 @@ def store(
     *,
     rows_per_program: int = 1,
     num_warps: int | None = None,
+    keys_only: bool = False,
 ) -> None:
     """Encode key/value (T, num_kv_heads, head_dim) into the slots `slot_mapping` (T,) names, in one launch.
 
     Slot s is token s % block_size of block s // block_size; slots < 0 or beyond the cache are skipped.
-    num_warps: per program; None picks by batch size (`default_warps`).
+    num_warps: per program; None picks by batch size (`default_warps`). keys_only: write the key records only
+    (the slots' value bytes stay as they were; `value` is still checked).
     """
     check_head_dim(layout.head_dim)
     check_store_args(key, value, cache, slot_mapping, layout)
@@ -150,7 +152,7 @@ def store(
     k_consts, k_chan, k_perm, k_cen = _stream_tables(layout.key_format, layout, key_params, cache.device)
     v_consts, v_chan, v_perm, v_cen = _stream_tables(layout.value_format, layout, value_params, cache.device)
     k_fmt, v_fmt = get_format(layout.key_format), get_format(layout.value_format)
-    grid = (triton.cdiv(rows, rows_per_program), 2)
+    grid = (triton.cdiv(rows, rows_per_program), 1 if keys_only else 2)
     _store_kernel[grid](
         key, value, cache, slot_mapping, k_consts, k_chan, k_perm, v_consts, v_chan, v_perm,
         rows, cache.shape[0] * layout.block_size, layout.num_kv_heads, layout.block_size,
@@ -170,7 +172,7 @@ def default_warps(rows: int) -> int:
 
 def encode(x: torch.Tensor, name: str, params: ChannelParams | None = None) -> torch.Tensor:
     """`KVFormat.encode` of (..., num_kv_heads, head_dim) vectors through the store kernel (byte-identical records,
-    one launch); ValueError for non-finite input, as the reference."""
+    one launch); ValueError for non-finite input, before or after calibration, as the reference."""
     if x.dim() < 2:
         raise ValueError(f"{name}: encode takes (..., num_kv_heads, head_dim) vectors, got shape {tuple(x.shape)}")
     if x.dtype in SUPPORTED_DTYPES and not bool(torch.isfinite(x).all()):
@@ -180,8 +182,12 @@ def encode(x: torch.Tensor, name: str, params: ChannelParams | None = None) -> t
     flat = x.reshape(-1, heads, d)
     cache = torch.empty(layout.shape(flat.shape[0]), dtype=torch.uint8, device=x.device)
     slots = torch.arange(flat.shape[0], device=x.device)
-    store(flat, flat, cache, slots, layout, params, params)  # the value half encodes the same vectors again
-    return cache[:, :, 0, :layout.key_bytes].reshape(*x.shape[:-1], layout.key_bytes)
+    store(flat, flat, cache, slots, layout, params, keys_only=True)
+    records = cache[:, :, 0, :layout.key_bytes]
+    high = layout.key_bytes - get_format(name).flag_byte  # the scale's high byte; the kernel's NaN scale is 0x7FC0
+    if bool(((records[..., high] == 0x7F) & (records[..., high - 1] == 0xC0)).any()):
+        raise ValueError(f"{name}: {CALIBRATION_OVERFLOW}")
+    return records.reshape(*x.shape[:-1], layout.key_bytes)
 
 
 def _code_bits(fmt) -> int:

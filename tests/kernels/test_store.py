@@ -152,6 +152,23 @@ def test_calibration_overflow_gets_a_nan_scale(name: str) -> None:
     decoded = get_format(name).decode(rec, 64, params=params)
     assert decoded[1].isnan().all() and torch.isfinite(decoded[0]).all()
     assert torch.equal(rec[0], get_format(name).encode(x[0, 0], params))
+    with pytest.raises(ValueError, match=f"{name}: input is not finite after calibration"):
+        triton_store.encode(x.to(DEVICE), name, params_to(params, DEVICE))  # the eval's path, as the reference
+
+
+def test_keys_only_leaves_the_value_bytes() -> None:
+    """keys_only (triton_store.encode's launch): the reference's key records, the value bytes untouched."""
+    layout = KVCacheLayout("isoquant4", "turboquant25", 64, 2, 16)
+    seed, gen = seeded()
+    key, value, slots, num_blocks = batch(layout, 5, gen)
+    poison = torch.randint(0, 256, layout.shape(num_blocks), dtype=torch.uint8, generator=gen)
+    ref = poison.clone()
+    naive.store(key, value, ref, slots, layout)
+    kb = layout.key_bytes
+    expected = torch.cat((ref[..., :kb], poison[..., kb:]), dim=-1)
+    got = poison.to(DEVICE)
+    store(key.to(DEVICE), value.to(DEVICE), got, slots.to(DEVICE), layout, keys_only=True)
+    assert torch.equal(got.cpu(), expected), f"seed {seed}"
 
 
 def test_default_launch() -> None:
