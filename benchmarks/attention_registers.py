@@ -7,6 +7,7 @@ count, spill stores/loads and stack frame, and the number of `st.shared.b8`/`ld.
 the PTX (byte-wide shared-memory traffic is what crashed the first IsoQuant build with "misaligned address").
 
     python benchmarks/attention_registers.py --head-dims 128 --tile 64 4 --tile 32 4
+    python benchmarks/attention_registers.py --formats isoquant3 --sass     # the tile loop's SASS counts
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -35,20 +37,41 @@ POINTERS = {"q_ptr": "*fp32", "cache_ptr": "*u8", "bt_ptr": "*i32", "seq_lens_pt
 BYTE_SHARED = re.compile(r"\b(?:st|ld)\.shared(?:::cta)?(?:\.v\d)?\.[bsu]8\b")
 
 
-def ptxas_report(ptx: str) -> str:
-    """ptxas -v's register/spill lines for sm_90a, from the first bundled ptxas that accepts the PTX version."""
-    bindir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+BINDIR = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
+
+
+def ptxas_report(ptx: str) -> tuple[str, str]:
+    """ptxas -v's register/spill lines for sm_90a, from the first bundled ptxas that accepts the PTX version, and
+    the SASS (cuobjdump) of the result."""
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "k.ptx"
+        src, cubin = Path(tmp) / "k.ptx", Path(tmp) / "k.cubin"
         src.write_text(ptx)
-        for exe in sorted(bindir.glob("ptxas*")):
-            r = subprocess.run([str(exe), "-arch=sm_90a", "-v", str(src), "-o", str(Path(tmp) / "k.cubin")],
-                               capture_output=True, text=True)
+        for exe in sorted(BINDIR.glob("ptxas*")):
+            r = subprocess.run([str(exe), "-arch=sm_90a", "-v", str(src), "-o", str(cubin)], capture_output=True,
+                               text=True)
             if r.returncode == 0:
                 lines = [line.split("info    :")[-1].strip() for line in r.stderr.splitlines()
                          if "Used" in line or "spill" in line]
-                return "; ".join(lines)
-    raise RuntimeError(f"no ptxas in {bindir} accepted the PTX: {r.stderr.strip()[:300]}")
+                sass = subprocess.run([str(BINDIR / "cuobjdump"), "-sass", str(cubin)], capture_output=True,
+                                      text=True, check=True).stdout
+                return "; ".join(lines), sass
+    raise RuntimeError(f"no ptxas in {BINDIR} accepted the PTX: {r.stderr.strip()[:300]}")
+
+
+def main_loop(sass: str) -> list[str]:
+    """The instructions of the SASS loop closed by the first backward branch (the decode kernel's tile loop)."""
+    code = [(int(a, 16), text) for a, text in SASS_LINE.findall(sass)]
+    for at, text in code:
+        target = re.search(r"BRA\b.*?(0x[0-9a-f]+)", text)
+        if target and int(target.group(1), 16) < at:
+            return [t for a, t in code if int(target.group(1), 16) <= a <= at]
+    return []
+
+
+def opcode(instruction: str) -> str:
+    """The mnemonic of a SASS instruction without its predicate (`@P0 LDG.E.U16 R4, ...` -> LDG.E.U16)."""
+    return re.sub(r"^@!?U?P\w+\s+", "", instruction).split()[0]
 
 
 def compile_decode(fmt: str, head_dim: int, block_n: int, warps: int, group: int = 8, hkv: int = 4) -> str:
@@ -70,13 +93,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--head-dims", type=int, nargs="+", default=[128])
     p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS))
     p.add_argument("--tile", type=int, nargs=2, action="append", metavar=("BLOCK_N", "NUM_WARPS"))
+    p.add_argument("--sass", action="store_true", help="also the tile loop's SASS: instructions per warp, per code "
+                                                        "and lane, and the most frequent opcodes")
     args = p.parse_args(argv)
     for d in args.head_dims:
         for block_n, warps in args.tile or [(0, 0)]:  # 0: the per-format default
             for fmt in args.formats:
                 ptx = compile_decode(fmt, d, block_n, warps)
-                print(f"{fmt} d={d} tile={triton_decode.tile(*[record_spec(fmt, d)] * 2)}: {ptxas_report(ptx)}; "
-                      f"byte-wide shared accesses: {len(BYTE_SHARED.findall(ptx))}", flush=True)
+                report, sass = ptxas_report(ptx)
+                tile = triton_decode.tile(*[record_spec(fmt, d)] * 2)
+                print(f"{fmt} d={d} tile={tile}: {report}; byte-wide shared accesses: {len(BYTE_SHARED.findall(ptx))}",
+                      flush=True)
+                if args.sass:
+                    loop = main_loop(sass)
+                    codes_per_lane = tile[0] * 2 * d / (32 * tile[1])  # key and value codes of a tile, per lane
+                    top = ", ".join(f"{op} {n}" for op, n in Counter(map(opcode, loop)).most_common(8))
+                    print(f"  tile loop: {len(loop)} instructions per warp, {len(loop) / codes_per_lane:.2f} per code "
+                          f"and lane; {top}", flush=True)
 
 
 if __name__ == "__main__":

@@ -61,12 +61,25 @@ def main() -> None:
     p.add_argument("--warm-l2", action="store_true", help="no L2 flush between replays (the default flushes 128 MiB)")
     p.add_argument("--old", type=Path, help="a folder holding another multi_turboquant/ to time its store too")
     p.add_argument("--json", type=Path)
+    p.add_argument("--ncu-once", action="store_true",
+                   help="launch each format's store twice per --warps value and exit (for `ncu --kernel-name "
+                        "regex:_store_kernel ...`)")
     p.add_argument("--store-only", action="store_true", help=argparse.SUPPRESS)  # the --old subprocess
     a = p.parse_args()
     d, hkv, batch, ctx = a.head_dim, QUERY_HEADS // a.gqa, a.batch, a.context
     flush = torch.empty(1 if a.warm_l2 else 128 << 20, dtype=torch.uint8, device="cuda")
     if a.store_only:
         print(json.dumps(store_only(a.formats, d, hkv, batch, a.reps, flush)))
+        return
+    if a.ncu_once:
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        for fmt in a.formats:
+            layout = KVCacheLayout(fmt, fmt, d, hkv, 16)
+            for warps in a.warps:
+                put = store_op(layout, random_packed_cache(layout, 64, gen), batch, gen, warps)
+                for _ in range(2):
+                    put()
+                    torch.cuda.synchronize()
         return
     from multi_turboquant.kernels.triton_attention import paged_attention
 
