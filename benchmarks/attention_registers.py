@@ -41,9 +41,9 @@ BINDIR = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
 
 
-def ptxas_report(ptx: str) -> tuple[str, str]:
+def ptxas_report(ptx: str) -> tuple[str, bytes]:
     """ptxas -v's register/spill lines for sm_90a, from the first bundled ptxas that accepts the PTX version, and
-    the SASS (cuobjdump) of the result."""
+    the cubin."""
     with tempfile.TemporaryDirectory() as tmp:
         src, cubin = Path(tmp) / "k.ptx", Path(tmp) / "k.cubin"
         src.write_text(ptx)
@@ -53,10 +53,17 @@ def ptxas_report(ptx: str) -> tuple[str, str]:
             if r.returncode == 0:
                 lines = [line.split("info    :")[-1].strip() for line in r.stderr.splitlines()
                          if "Used" in line or "spill" in line]
-                sass = subprocess.run([str(BINDIR / "cuobjdump"), "-sass", str(cubin)], capture_output=True,
-                                      text=True, check=True).stdout
-                return "; ".join(lines), sass
+                return "; ".join(lines), cubin.read_bytes()
     raise RuntimeError(f"no ptxas in {BINDIR} accepted the PTX: {r.stderr.strip()[:300]}")
+
+
+def disassemble(cubin: bytes) -> str:
+    """The SASS of a cubin (the bundled cuobjdump)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "k.cubin"
+        path.write_bytes(cubin)
+        return subprocess.run([str(BINDIR / "cuobjdump"), "-sass", str(path)], capture_output=True, text=True,
+                              check=True).stdout
 
 
 def main_loop(sass: str) -> list[str]:
@@ -100,12 +107,12 @@ def main(argv: list[str] | None = None) -> None:
         for block_n, warps in args.tile or [(0, 0)]:  # 0: the per-format default
             for fmt in args.formats:
                 ptx = compile_decode(fmt, d, block_n, warps)
-                report, sass = ptxas_report(ptx)
+                report, cubin = ptxas_report(ptx)
                 tile = triton_decode.tile(*[record_spec(fmt, d)] * 2)
                 print(f"{fmt} d={d} tile={tile}: {report}; byte-wide shared accesses: {len(BYTE_SHARED.findall(ptx))}",
                       flush=True)
                 if args.sass:
-                    loop = main_loop(sass)
+                    loop = main_loop(disassemble(cubin))
                     codes_per_lane = tile[0] * 2 * d / (32 * tile[1])  # key and value codes of a tile, per lane
                     top = ", ".join(f"{op} {n}" for op, n in Counter(map(opcode, loop)).most_common(8))
                     print(f"  tile loop: {len(loop)} instructions per warp, {len(loop) / codes_per_lane:.2f} per code "
