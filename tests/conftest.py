@@ -66,3 +66,19 @@ def serving() -> Callable[[list[str], Path], AbstractContextManager[str]]:
     """serving(cmd, log): runs `cmd --host 127.0.0.1 --port PORT` (a free port; VLLM_CPU_KVCACHE_SPACE=1, output
     to `log`) until GET /health answers, yields its root URL, and stops it on exit."""
     return _serving
+
+
+REPORT: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def report() -> Callable[[str], None]:
+    """report(line): a line printed in the run's terminal summary (measurements reported, not gated)."""
+    return REPORT.append
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if REPORT:
+        terminalreporter.section("measurements (reported, not gated)")
+        for line in REPORT:
+            terminalreporter.write_line(line)

@@ -36,3 +36,12 @@ def split_tokens(ids: torch.Tensor, eval_tokens: int, calib_tokens: int) -> tupl
         raise ValueError(f"text has {ids.numel()} tokens; {eval_tokens} for evaluation + {calib_tokens} for "
                          "calibration do not fit (use --text with a longer file or fewer tokens)")
     return ids[:eval_tokens], ids[ids.numel() - calib_tokens:]
+
+
+def spread_windows(ids: list[int], n: int, length: int, phase: float = 0.0) -> list[list[int]]:
+    """`n` windows of `length` tokens spread evenly over `ids`, each `phase` (0 <= phase < 1) of a step in."""
+    step = len(ids) // n
+    start = int(phase * step)
+    if not 0 <= phase < 1 or n < 1 or length < 2 or start + length > step:
+        raise ValueError(f"{n} windows of {length} tokens at phase {phase} do not fit in {len(ids)} tokens")
+    return [ids[i * step + start:i * step + start + length] for i in range(n)]

@@ -114,7 +114,11 @@ def save_calibration(
         "head_dim": head_dim, "num_kv_heads": num_kv_heads, "num_layers": cal.num_layers,
         "layers": [{"layer": i, "key": _params_json(k), "value": _params_json(v)} for i, (k, v) in enumerate(layers)],
     }
-    Path(path).write_text(json.dumps(doc, allow_nan=False))
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"calibration output {str(path)!r} is a directory; name a file, e.g. {str(path / 'turboquant_kv.json')!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, allow_nan=False))
     return cal
 
 

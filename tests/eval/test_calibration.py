@@ -111,3 +111,11 @@ def test_sink_weight_widens_the_key_scale_where_the_sink_sits_apart():
     assert torch.equal(v0.scale, v1.scale)
     assert torch.allclose(k1.scale[:, 5], (k0.scale[:, 5] ** 2 + 0.25 * 100).sqrt())
     assert torch.equal(k1.scale[:, torch.arange(D) != 5], k0.scale[:, torch.arange(D) != 5])
+
+
+def test_save_creates_missing_folders_and_refuses_a_folder(tmp_path):
+    path = tmp_path / "new" / "deeper" / "turboquant_kv.json"
+    save_calibration(path, _layers(), head_dim=D, num_kv_heads=HEADS, model="m", corpus="c")
+    assert load_calibration(path).num_layers == LAYERS
+    with pytest.raises(ValueError, match="is a directory; name a file"):
+        save_calibration(tmp_path, _layers(), head_dim=D, num_kv_heads=HEADS, model="m", corpus="c")

@@ -25,13 +25,17 @@ def tiny_head128(smollm2: Path, tmp_path_factory) -> Path:
     return out
 
 
-def text_prompts(tokenizer_dir: Path, n: int, length: int) -> list[list[int]]:
-    """`n` prompts of `length` tokens cut from the default corpus (Debian license texts)."""
+def corpus_ids(tokenizer_dir: Path) -> list[int]:
+    """The default corpus (Debian license texts) as token ids."""
     from transformers import AutoTokenizer
 
     from multi_turboquant.eval.corpus import load_text
 
-    text, _ = load_text()
-    ids = AutoTokenizer.from_pretrained(tokenizer_dir)(text).input_ids
-    step = len(ids) // n
-    return [ids[i * step:i * step + length] for i in range(n)]
+    return AutoTokenizer.from_pretrained(tokenizer_dir)(load_text()[0]).input_ids
+
+
+def text_prompts(tokenizer_dir: Path, n: int, length: int, phase: float = 0.0) -> list[list[int]]:
+    """`n` prompts (or windows) of `length` tokens spread over the default corpus."""
+    from multi_turboquant.eval.corpus import spread_windows
+
+    return spread_windows(corpus_ids(tokenizer_dir), n, length, phase)

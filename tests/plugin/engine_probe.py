@@ -1,10 +1,17 @@
 """Run vLLM engines one after another and record what the end-to-end tests check (run as a script).
 
 usage: python engine_probe.py OUT.json CONFIGS.json
-Each config: {"name", "model", "kv_cache_dtype", "plugin_config"?, "prompts": [[token ids]...], "max_tokens",
-"max_num_batched_tokens"? (default 512; smaller values chunk the prefills)}.
-Per config it records the KV capacity, the greedy tokens of all prompts run together (concurrent sequences), and
-those of the first half of the prompts again (half as many tokens), whose full blocks are then prefix-cache hits.
+Each config: {"name", "model", "kv_cache_dtype", "plugin_config"?, "max_num_batched_tokens"? (default 32, the block
+size: prefills run in chunks of one block), "windows"?: [[token ids]...], "prompts"?: [[token ids]...],
+"max_tokens"?, "break_codec"?}.
+Per config it records the KV capacity and:
+- windows: the mean NLL (nats/token) of each window's tokens from vLLM's prompt logprobs (teacher-forced: every
+  chunk after the first reads its context back from the KV cache);
+- prompts: the greedy tokens of all prompts run together (concurrent sequences), reported, not gated; then, with
+  the prefix cache emptied, the first two prompts each run alone twice: the second run's full blocks are prefix-cache
+  hits and every step it computes is one the first run computed with the same shapes.
+"break_codec" swaps in a deliberately broken codec (test code, below) and needs VLLM_ENABLE_V1_MULTIPROCESSING=0,
+which keeps vLLM's engine in this process so the swap reaches it.
 """
 from __future__ import annotations
 
@@ -13,35 +20,81 @@ import json
 import sys
 import time
 
+import torch
 
-def probe(config: dict) -> dict:
+
+def _break_codec(kind: str) -> None:
+    """Make the reference store write wrong keys: `reversed` channels, or `half` of the channels zeroed."""
+    from multi_turboquant.kernels import naive
+
+    store = naive.store
+
+    def broken_store(key, value, *args, **kwargs):
+        if kind == "reversed":
+            key = key.flip(-1)
+        elif kind == "half":
+            key = torch.cat([key[..., : key.shape[-1] // 2], torch.zeros_like(key[..., key.shape[-1] // 2:])], -1)
+        else:
+            raise ValueError(f"unknown break_codec {kind!r}")
+        return store(key, value, *args, **kwargs)
+
+    naive.store = broken_store
+
+
+def window_nll(llm, windows: list[list[int]]) -> list[float]:
+    """Mean NLL of each window's tokens 1..n given the tokens before them (vLLM prompt logprobs)."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
+    params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
+    outs = llm.generate([TokensPrompt(prompt_token_ids=w) for w in windows], params, use_tqdm=False)
+    result = []
+    for out, ids in zip(outs, windows):
+        nll = [-step[t].logprob for step, t in zip(out.prompt_logprobs[1:], ids[1:])]
+        result.append(sum(nll) / len(nll))
+    return result
+
+
+def greedy(llm, prompts: list[list[int]], max_tokens: int) -> list:
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+    return llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+
+
+def probe(config: dict) -> dict:
     from multi_turboquant.vllm.engine import build_llm, capacity_tokens
 
+    if config.get("break_codec"):
+        _break_codec(config["break_codec"])
     start = time.perf_counter()
     llm = build_llm(config["model"], config["kv_cache_dtype"], plugin_config=config.get("plugin_config"),
                     max_model_len=config.get("max_model_len", 8192), block_size=32,
-                    max_num_batched_tokens=config.get("max_num_batched_tokens", 512),
+                    max_num_batched_tokens=config.get("max_num_batched_tokens", 32),
                     max_num_seqs=8, enable_prefix_caching=True, seed=0)
     init_s = time.perf_counter() - start
-    params = SamplingParams(max_tokens=config["max_tokens"], temperature=0.0)
-    prompts = [TokensPrompt(prompt_token_ids=p) for p in config["prompts"]]
-    again = SamplingParams(max_tokens=max(1, config["max_tokens"] // 2), temperature=0.0)
-    runs = [llm.generate(prompts, params, use_tqdm=False),
-            llm.generate(prompts[:len(prompts) // 2], again, use_tqdm=False)]
     result = {
         "name": config["name"],
         "capacity_tokens": capacity_tokens(llm),
         "block_size": llm.llm_engine.vllm_config.cache_config.block_size,
         "init_s": round(init_s, 1),
-        "run_s": round(time.perf_counter() - start - init_s, 1),
-        "tokens": [list(o.outputs[0].token_ids) for o in runs[0]],
-        "tokens_prefix_hit": [list(o.outputs[0].token_ids) for o in runs[1]],
-        "cached_tokens_prefix_hit": [o.num_cached_tokens or 0 for o in runs[1]],
-        "texts": [o.outputs[0].text for o in runs[0]],
+        "window_nll": window_nll(llm, config["windows"]) if config.get("windows") else [],
     }
+    if config.get("prompts"):
+        outs = greedy(llm, config["prompts"], config["max_tokens"])
+        result["tokens"] = [list(o.outputs[0].token_ids) for o in outs]
+        result["texts"] = [o.outputs[0].text for o in outs]
+        llm.reset_prefix_cache()
+        first, again = [], []
+        for prompt in config["prompts"][:2]:
+            first += greedy(llm, [prompt], config["max_tokens"])
+            again += greedy(llm, [prompt], config["max_tokens"])
+        result["tokens_alone"] = [list(o.outputs[0].token_ids) for o in first]
+        result["tokens_prefix_hit"] = [list(o.outputs[0].token_ids) for o in again]
+        result["cached_tokens_first"] = [o.num_cached_tokens or 0 for o in first]
+        result["cached_tokens_prefix_hit"] = [o.num_cached_tokens or 0 for o in again]
+    result["run_s"] = round(time.perf_counter() - start - init_s, 1)
     del llm
     gc.collect()
     return result

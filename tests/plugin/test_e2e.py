@@ -1,10 +1,17 @@
-"""End to end on vLLM's CPU build: every format serves SmolLM2 coherently, at its packed capacity, unchanged by
-prefix-cache hits; kept layers, another value format and chunked prefill together ("mixed"); a head_dim-128 GQA
-model runs too. One subprocess runs all engines."""
+"""End to end on vLLM's CPU build: every format serves SmolLM2 at its packed capacity, within a teacher-forced
+quality bound, unchanged by prefix-cache hits; kept layers, another value format and chunked prefill together
+("mixed"); a head_dim-128 GQA model runs too. One subprocess runs all engines, another a deliberately broken codec.
+
+Quality is gated by a teacher-forced measure only: the mean NLL of real-text windows from vLLM's prompt logprobs,
+prefilled in chunks of one block so each chunk reads its context back from the packed cache. Greedy agreement with
+`auto` is reported in the terminal summary, never gated: one early flip changes every later token, and vLLM's CPU
+kernels round differently on different CPUs.
+"""
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from itertools import combinations
@@ -21,34 +28,51 @@ from .conftest import text_prompts  # noqa: E402
 
 PROBE = Path(__file__).with_name("engine_probe.py")
 N_PROMPTS, PROMPT_TOKENS, NEW_TOKENS = 8, 48, 16
+N_WINDOWS, WINDOW_TOKENS = 2, 512
 MIXED = {"value_format": "planarquant3", "keep_layers": [0, 29]}
-# Coherence, measured in this setup (BENCHMARKS.md, "vLLM plugin on vLLM's CPU build"): the bf16 model's mean NLL of each
-# format's greedy continuation was auto 1.0, isoquant4 1.15, planarquant4 1.36, turboquant35 1.28, planarquant3 2.0,
-# isoquant3 2.3, turboquant25 2.3, mixed 1.44 nats/token (random tokens: ~11). Greedy agreement with `auto` over the
-# first 16 tokens of 8 prompts was 0.30 / 0.27 / 0.27 / 0.12 / 0.17 / 0.05 / 0.19 (the quality harness,
-# `mtq eval quality`, gives isoquant4 0.30 on the same kind of prompts). Bounds sit about halfway to garbage.
-MAX_EXTRA_NLL = {"isoquant4": 1.0, "planarquant4": 1.0, "turboquant35": 1.0,
-                 "isoquant3": 2.0, "planarquant3": 2.0, "turboquant25": 2.0, "mixed": 2.0}
-MIN_AGREEMENT = {"isoquant4": 0.15, "planarquant4": 0.15, "turboquant35": 0.12,
-                 "isoquant3": 0.06, "planarquant3": 0.06, "turboquant25": 0.02, "mixed": 0.06}
+# ΔNLL vs `auto` (nats/token), teacher-forced on the windows above. The spread over 5 window sets x OMP threads 1 and 2
+# is in BENCHMARKS.md ("End-to-end test bounds"; benchmarks/e2e_nll_spread.py); each bound sits well above its
+# format's largest measured value and far below the broken codecs (BROKEN_AT_LEAST).
+MAX_DELTA_NLL = {"isoquant4": 0.5, "planarquant4": 0.5, "turboquant35": 0.5, "mixed": 0.8,
+                 "isoquant3": 1.5, "planarquant3": 1.5, "turboquant25": 1.5}
+BROKEN_AT_LEAST = 2.0
 
 
-@pytest.fixture(scope="module")
-def runs(smollm2, tiny_head128, tmp_path_factory) -> dict[str, dict]:
-    prompts = text_prompts(smollm2, N_PROMPTS, PROMPT_TOKENS)
-    common = {"model": str(smollm2), "prompts": prompts, "max_tokens": NEW_TOKENS}
-    configs = [{"name": name, "kv_cache_dtype": name, **common} for name in ("auto", *FORMATS)]
-    configs.append({"name": "mixed", "kv_cache_dtype": "isoquant4", "plugin_config": MIXED, **common,
-                    "max_num_batched_tokens": 32})  # prompts of 48 tokens: chunked prefill
-    tiny = {"model": str(tiny_head128), "prompts": prompts[:2], "max_tokens": 8, "max_model_len": 4096}
-    configs.append({"name": "head128-turboquant35", "kv_cache_dtype": "turboquant35", **tiny})
-    tmp = tmp_path_factory.mktemp("probe")
+def run_probe(configs: list[dict], tmp: Path, **env: str) -> dict[str, dict]:
     (tmp / "configs.json").write_text(json.dumps(configs))
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING", **env}
     proc = subprocess.run([sys.executable, str(PROBE), str(tmp / "out.json"), str(tmp / "configs.json")],
                           env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return {r["name"]: r for r in json.loads((tmp / "out.json").read_text())}
+
+
+@pytest.fixture(scope="module")
+def windows(smollm2) -> list[list[int]]:
+    return text_prompts(smollm2, N_WINDOWS, WINDOW_TOKENS)
+
+
+@pytest.fixture(scope="module")
+def runs(smollm2, tiny_head128, windows, tmp_path_factory) -> dict[str, dict]:
+    prompts = text_prompts(smollm2, N_PROMPTS, PROMPT_TOKENS, phase=0.5)
+    common = {"model": str(smollm2), "prompts": prompts, "max_tokens": NEW_TOKENS, "windows": windows}
+    configs = [{"name": name, "kv_cache_dtype": name, **common} for name in ("auto", *FORMATS)]
+    configs.append({"name": "mixed", "kv_cache_dtype": "isoquant4", "plugin_config": MIXED, **common})
+    tiny = {"model": str(tiny_head128), "prompts": prompts[:2], "max_tokens": 8, "max_model_len": 4096}
+    configs.append({"name": "head128-turboquant35", "kv_cache_dtype": "turboquant35", **tiny})
+    return run_probe(configs, tmp_path_factory.mktemp("probe"), VLLM_ENABLE_V1_MULTIPROCESSING="0")
+
+
+@pytest.fixture(scope="module")
+def broken(smollm2, windows, tmp_path_factory) -> dict:
+    """isoquant4 with a store that zeroes half of each key's channels before encoding (engine in this process)."""
+    config = {"name": "broken", "kv_cache_dtype": "isoquant4", "model": str(smollm2), "windows": windows,
+              "break_codec": "half"}
+    return run_probe([config], tmp_path_factory.mktemp("broken"), VLLM_ENABLE_V1_MULTIPROCESSING="0")["broken"]
+
+
+def delta_nll(run: dict, auto: dict) -> float:
+    return statistics.mean(run["window_nll"]) - statistics.mean(auto["window_nll"])
 
 
 def agreement(a: list[list[int]], b: list[list[int]]) -> float:
@@ -70,49 +94,42 @@ def test_capacity_with_kept_layers_and_another_value_format(runs):
     assert 0.95 * ideal <= ratio <= 1.01 * ideal  # auto rounds its blocks down too
 
 
-@pytest.fixture(scope="module")
-def bf16_nll(runs, smollm2) -> dict[str, float]:
-    """Mean NLL (nats/token) the bf16 model assigns to each run's greedy continuations of its prompts."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32).eval()
-    prompts = text_prompts(smollm2, N_PROMPTS, PROMPT_TOKENS)
-    result = {}
-    for name, run in runs.items():
-        if name.startswith("head128"):
-            continue
-        total = count = 0
-        for prompt, out in zip(prompts, run["tokens"]):
-            ids = torch.tensor([prompt + out])
-            with torch.no_grad():
-                logp = model(ids).logits[0, :-1].log_softmax(-1)
-            total -= logp.gather(1, ids[0, 1:, None])[len(prompt) - 1:].sum().item()
-            count += len(out)
-        result[name] = total / count
-    return result
-
-
 @pytest.mark.parametrize("name", [*FORMATS, "mixed"])
-def test_greedy_output_is_coherent(runs, bf16_nll, name):
-    assert all(len(t) == NEW_TOKENS for t in runs[name]["tokens"])
-    assert bf16_nll[name] <= bf16_nll["auto"] + MAX_EXTRA_NLL[name], bf16_nll
-    assert agreement(runs[name]["tokens"], runs["auto"]["tokens"]) >= MIN_AGREEMENT[name]
+def test_teacher_forced_nll_within_bound(runs, name, report):
+    auto = runs["auto"]
+    assert 1.0 < statistics.mean(auto["window_nll"]) < 5.0, auto["window_nll"]  # the bf16 model reads prose
+    delta = delta_nll(runs[name], auto)
+    report(f"e2e {name}: ΔNLL {delta:+.4f} nats/token (bound {MAX_DELTA_NLL[name]}), greedy agreement with auto "
+           f"{agreement(runs[name]['tokens'], auto['tokens']):.2f}")
+    assert 0 < delta <= MAX_DELTA_NLL[name], (name, delta)
+
+
+def test_a_broken_codec_trips_every_bound(runs, broken, report):
+    delta = delta_nll(broken, runs["auto"])
+    report(f"e2e isoquant4 with half of each key zeroed: ΔNLL {delta:+.4f} nats/token")
+    assert delta > BROKEN_AT_LEAST > max(MAX_DELTA_NLL.values()), delta
+
+
+def test_greedy_runs_complete(runs):
+    for name, run in runs.items():
+        assert [len(t) for t in run["tokens"]] == [len(run["tokens"][0])] * len(run["tokens"]), name
+        assert all(len(t) > 0 for t in run["tokens"]), name
 
 
 def test_no_placebo(runs):
     names = ["auto", *FORMATS, "mixed"]
     for a, b in combinations(names, 2):
-        assert runs[a]["tokens"] != runs[b]["tokens"], f"{a} and {b} produced identical output"
+        assert runs[a]["window_nll"] != runs[b]["window_nll"], f"{a} and {b} measured identical NLLs"
 
 
-@pytest.mark.parametrize("name", ["auto", *FORMATS])
+@pytest.mark.parametrize("name", ["auto", *FORMATS, "mixed", "head128-turboquant35"])
 def test_prefix_cache_hit_keeps_output(runs, name):
-    # Not asserted for the chunked-prefill engine ("mixed"): there 1 of 4 prompts diverged after 5 equal tokens at a
-    # digit near-tie (isoquant4 alone with chunks of 32 too, bf16 with chunks did not) - see BENCHMARKS.md.
+    # Each prompt runs alone twice with prefill chunks of one block: the second run's computed steps are the first
+    # run's, with the same shapes, so greedy tokens must match exactly.
     run = runs[name]
+    assert run["cached_tokens_first"] == [0] * len(run["tokens_alone"])
     assert all(c >= run["block_size"] for c in run["cached_tokens_prefix_hit"]), run["cached_tokens_prefix_hit"]
-    assert run["tokens_prefix_hit"] == [t[:NEW_TOKENS // 2] for t in run["tokens"][:N_PROMPTS // 2]]
+    assert run["tokens_prefix_hit"] == run["tokens_alone"]
 
 
 def test_head_dim_128_gqa(runs):
@@ -120,4 +137,3 @@ def test_head_dim_128_gqa(runs):
     bf16_tokens = (1 << 30) // (2 * 1 * 128 * 2 * 2)  # 1 GiB / (layers x KV heads x head_dim x K,V x bf16 bytes)
     assert run["capacity_tokens"] / bf16_tokens >= 0.95 * ideal_ratio("turboquant35", 128)
     assert all(len(t) == 8 for t in run["tokens"])
-    assert run["tokens_prefix_hit"] == [t[:4] for t in run["tokens"][:1]]
