@@ -48,7 +48,7 @@ def _model_and_text(args: argparse.Namespace):
 
     from .corpus import load_text
     from .hooks import load_model
-    from .models import default_model
+    from ..models import default_model
 
     lm = load_model(args.model or default_model(), args.device)
     text, source = load_text(args.text)

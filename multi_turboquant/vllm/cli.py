@@ -34,7 +34,7 @@ def _complete(llm, prompt: str, max_tokens: int, chat: bool) -> str:
 
 
 def _model(args: argparse.Namespace) -> str:
-    from ..eval.models import default_model
+    from ..models import default_model
 
     return str(args.model or default_model())
 
@@ -53,7 +53,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 def demo(model: str | None = None, max_tokens: int = 40) -> int:
     """Load the model with `auto` and each format; print KV capacity and one completion per format."""
-    from ..eval.models import default_model
+    from ..models import default_model
     from .engine import build_llm, capacity_tokens, ideal_ratio
 
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
