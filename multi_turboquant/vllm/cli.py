@@ -7,6 +7,7 @@ import os
 import sys
 import time
 
+from .._help import examples
 from ..formats.registry import FORMATS, get_format
 
 DEMO_PROMPT = "In two sentences, why does a smaller KV cache let a server handle more users?"
@@ -95,7 +96,10 @@ def add_kv_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    g = sub.add_parser("generate", help="one greedy completion from vLLM with a packed KV cache")
+    g = sub.add_parser("generate", help="one greedy completion from vLLM with a packed KV cache",
+                       **examples('mtq generate --kv-cache-dtype isoquant3 "Once upon a time"',
+                                  "mtq generate --model path/to/model --kv-cache-dtype isoquant4 "
+                                  '--calibration turboquant_kv.json --chat "Why is the sky blue?"'))
     g.add_argument("prompt")
     g.add_argument("--model", help="Hugging Face model folder (default: the embedded SmolLM2-135M-Instruct)")
     add_kv_arguments(g)
