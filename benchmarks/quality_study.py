@@ -23,7 +23,7 @@ from multi_turboquant.eval.codecs import BF16, Codec, format_codec
 from multi_turboquant.eval.corpus import load_text, split_tokens
 from multi_turboquant.eval.hooks import LoadedModel, Scheme, load_model
 from multi_turboquant.eval.metrics import perplexity
-from multi_turboquant.eval.models import default_model
+from multi_turboquant.models import default_model
 from multi_turboquant.eval.presets import preset_codecs
 from multi_turboquant.formats import ChannelParams
 from multi_turboquant.formats.calibration import Calibration

@@ -5,6 +5,8 @@ import argparse
 import importlib
 import sys
 
+from ._help import examples
+
 # Modules that add sub-commands; each defines `register(subparsers)`.
 COMMAND_MODULES = (
     "multi_turboquant.formats.cli",
@@ -19,7 +21,9 @@ COMMAND_MODULES = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtq",
-        description="multi-turboquant: compressed KV-cache formats for vLLM, kernels, and a Windows build kit.",
+        description="multi-turboquant: compressed KV-cache formats for vLLM, kernels, and a Windows build kit. "
+        "`mtq COMMAND --help` shows a command's options and an example.",
+        **examples("mtq formats", "mtq demo", 'mtq generate --kv-cache-dtype isoquant4 "Once upon a time"'),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:

@@ -1,4 +1,4 @@
 """PlanarQuant codec, seed-style: `encode(x, bits=3)`, `decode(packed, head_dim, bits=3)`."""
-from ._seed_module import codec
+from ._family_codecs import codec
 
 encode, decode = codec("planarquant", 3)

@@ -1,4 +1,4 @@
 """TurboQuant codec, seed-style: `encode(x, bits="35")`, `decode(packed, head_dim, bits="35")`."""
-from ._seed_module import codec
+from ._family_codecs import codec
 
 encode, decode = codec("turboquant", "35")

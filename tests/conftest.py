@@ -24,7 +24,7 @@ SERVER_START_TIMEOUT_S = 600
 def smollm2() -> Path:
     """The embedded SmolLM2-135M-Instruct as a bf16 folder (converted once into ~/.cache/multi-turboquant)."""
     pytest.importorskip("transformers")
-    from multi_turboquant.eval.models import default_model
+    from multi_turboquant.models import default_model
 
     return default_model()
 

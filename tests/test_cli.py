@@ -62,3 +62,35 @@ def test_bench_throughput_unknown_format():
     out = run("bench", "throughput", "--vectors", "16", "--formats", "nope")
     assert out.returncode == 2 and "mtq: error: unknown KV-cache format 'nope'" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def every_parser(parser, path=("mtq",)):
+    """(command path, parser) for `mtq` and every sub-command below it."""
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from every_parser(sub, (*path, name))
+
+
+def test_every_command_help_shows_an_example_that_parses():
+    import shlex
+
+    from multi_turboquant._help import example_lines
+    from multi_turboquant.cli import build_parser
+
+    root = build_parser()
+    seen = []
+    for path, parser in every_parser(root):
+        lines = example_lines(parser)
+        assert lines, f"`{' '.join(path)} --help` shows no example"
+        assert ("example:" if len(lines) == 1 else "examples:") in parser.format_help()
+        for line in lines:
+            words = shlex.split(line, posix=False)
+            assert words[:len(path)] == list(path), (path, line)  # an example of this command
+            root.parse_args(words[1:])  # a valid command line (argparse exits on a bad one)
+        seen.append(" ".join(path[1:]))
+    assert {"formats", "bench quality", "eval quality", "calibrate", "demo", "generate", "load", "serve",
+            "loadtest", "windows build", "windows scan"} <= set(seen)

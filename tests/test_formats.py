@@ -301,7 +301,7 @@ def test_outliers_refused_by_block_formats():
         mtq.get_format("isoquant3").encode(torch.randn(2, 64), mtq.ChannelParams(outliers=torch.tensor([1])))
 
 
-def test_seed_modules():
+def test_family_codec_modules():
     from multi_turboquant import iso_quant, planar_quant, turbo_quant
 
     x = torch.randn(4, 128)

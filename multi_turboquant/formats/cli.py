@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .._help import examples
+
 TABLE_HEAD_DIMS = (64, 128, 256)
 
 
@@ -39,6 +41,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("formats", help="list the KV-cache formats: bits, bytes per vector, compression vs bf16")
+    p = sub.add_parser("formats", help="list the KV-cache formats: bits, bytes per vector, compression vs bf16",
+                       **examples("mtq formats --json"))
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_run)

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .._help import examples
+
 if TYPE_CHECKING:
     import torch
 
@@ -19,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Reads every tensor of a .safetensors file, index .json or checkpoint directory onto the "
         "device (on CPU, tensors are copied out of the map so that every byte is read) and prints "
         "tensors, bytes, seconds and GB/s.",
+        **examples("mtq load path/to/model --device cuda --verify"),
     )
     p.add_argument("path", type=Path, help="a .safetensors file, a model.safetensors.index.json, or a directory")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")

@@ -8,6 +8,7 @@ import socket
 import sys
 from pathlib import Path
 
+from .._help import examples
 from ..vllm.cli import add_kv_arguments, plugin_config
 from .loadtest import DEFAULT_PROMPT
 
@@ -73,7 +74,8 @@ def _loadtest(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("serve", help="OpenAI-compatible HTTP server over an in-process vLLM engine",
                        description="Serves /v1/completions, /v1/chat/completions, /v1/embeddings, /v1/models and "
-                       "/health from one vLLM engine in this process (no engine subprocess; works on Windows).")
+                       "/health from one vLLM engine in this process (no engine subprocess; works on Windows).",
+                       **examples("mtq serve --model path/to/model --kv-cache-dtype isoquant4 --port 8000"))
     s.add_argument("--model", help="model folder (default: pick from local model folders and the Hugging Face "
                    "cache; needs a terminal)")
     add_kv_arguments(s)
@@ -88,7 +90,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_serve)
 
     t = sub.add_parser("loadtest", help="concurrent streaming requests against a server: requests/s, tokens/s, "
-                       "latency percentiles")
+                       "latency percentiles",
+                       **examples("mtq loadtest --url http://127.0.0.1:8000 --requests 64 --concurrency 16"))
     t.add_argument("--url", default="http://127.0.0.1:8000", help="server root (default: http://127.0.0.1:8000)")
     t.add_argument("--requests", type=int, default=64)
     t.add_argument("--concurrency", type=int, default=16)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from ..eval.models import cache_dir
+from ..models import cache_dir
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 
+from .._help import examples
 from ..formats.registry import FORMATS, get_format
 
 DEMO_PROMPT = "In two sentences, why does a smaller KV cache let a server handle more users?"
@@ -34,7 +35,7 @@ def _complete(llm, prompt: str, max_tokens: int, chat: bool) -> str:
 
 
 def _model(args: argparse.Namespace) -> str:
-    from ..eval.models import default_model
+    from ..models import default_model
 
     return str(args.model or default_model())
 
@@ -53,7 +54,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 def demo(model: str | None = None, max_tokens: int = 40) -> int:
     """Load the model with `auto` and each format; print KV capacity and one completion per format."""
-    from ..eval.models import default_model
+    from ..models import default_model
     from .engine import build_llm, capacity_tokens, ideal_ratio
 
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
@@ -95,7 +96,10 @@ def add_kv_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    g = sub.add_parser("generate", help="one greedy completion from vLLM with a packed KV cache")
+    g = sub.add_parser("generate", help="one greedy completion from vLLM with a packed KV cache",
+                       **examples('mtq generate --kv-cache-dtype isoquant3 "Once upon a time"',
+                                  "mtq generate --model path/to/model --kv-cache-dtype isoquant4 "
+                                  '--calibration turboquant_kv.json --chat "Why is the sky blue?"'))
     g.add_argument("prompt")
     g.add_argument("--model", help="Hugging Face model folder (default: the embedded SmolLM2-135M-Instruct)")
     add_kv_arguments(g)

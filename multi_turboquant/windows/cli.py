@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from multi_turboquant._help import examples
 from multi_turboquant.windows.errors import KitError
 from multi_turboquant.windows.fetch import DEFAULT_GIT_URL
 
@@ -151,12 +152,16 @@ def _diagnose(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `mtq windows` and its sub-commands."""
     windows = subparsers.add_parser(
-        "windows", help="Windows build kit for vLLM: doctor, fetch, patch, build, wheel, verify"
+        "windows", help="Windows build kit for vLLM: doctor, fetch, patch, build, wheel, verify",
+        **examples("mtq windows doctor", r"mtq windows fetch 0.27.1 C:\src\vllm",
+                   r"mtq windows patch --tree C:\src\vllm", r"mtq windows build --tree C:\src\vllm",
+                   r"mtq windows wheel --tree C:\src\vllm", "mtq windows verify"),
     )
     commands = windows.add_subparsers(dest="windows_command", metavar="COMMAND")
     windows.set_defaults(func=lambda _args: windows.print_help() or 2)
 
-    doctor = commands.add_parser("doctor", help="check the build environment and print the values the build uses")
+    doctor = commands.add_parser("doctor", help="check the build environment and print the values the build uses",
+                                 **examples("mtq windows doctor --json"))
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     doctor.add_argument("--tree", help="vLLM source tree, to read its version from (default: the current folder)")
     doctor.add_argument("--version", help="vLLM version being built (SETUPTOOLS_SCM_PRETEND_VERSION)")
@@ -166,6 +171,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "fetch",
         help="download a vLLM source tree and lay it out as a git work tree",
         description="Sdists are cached in $MTQ_CACHE_DIR/sdists (default ~/.cache/multi-turboquant/sdists).",
+        **examples(r"mtq windows fetch 0.27.1 C:\src\vllm", "mtq windows fetch 0.27.1 --source git"),
     )
     fetch.add_argument("version", metavar="VERSION", help="vLLM version, e.g. 0.19.0")
     fetch.add_argument("dir", metavar="DIR", nargs="?", help="target folder (default: vllm-VERSION)")
@@ -178,7 +184,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fetch.add_argument("--git-url", default=DEFAULT_GIT_URL, help="repository for --source git")
     fetch.set_defaults(func=_fetch)
 
-    patch = commands.add_parser("patch", help="apply, check, un-apply or regenerate the Windows patch series")
+    patch = commands.add_parser("patch", help="apply, check, un-apply or regenerate the Windows patch series",
+                                **examples(r"mtq windows patch --tree C:\src\vllm --check",
+                                           r"mtq windows patch --tree C:\src\vllm"))
     patch.add_argument("--check", action="store_true", help="only check whether the series applies (or is applied)")
     patch.add_argument("--reverse", action="store_true", help="un-apply the series")
     patch.add_argument("--regenerate", action="store_true", help="write the tree's changes back into the series")
@@ -195,6 +203,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="configure, compile and install vLLM with the doctor's environment; diagnose failures",
         description="Phases: configure (cmake -G Ninja), compile (cmake --build --target install), install "
         "(editable pip install, nothing compiled). Full log in TREE/build/mtq/build.log.",
+        **examples(r"mtq windows build --tree C:\src\vllm --arch 8.9",
+                   r"mtq windows build --tree C:\src\vllm --resume"),
     )
     build.add_argument("--tree", default=".", help="vLLM source tree (default: the current folder)")
     build.add_argument("--jobs", type=int, help="parallel compile jobs (default: the doctor's MAX_JOBS)")
@@ -203,23 +213,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--python", help="Python with the CUDA torch (default: this one)")
     build.set_defaults(func=_build)
 
-    wheel = commands.add_parser("wheel", help="package a built tree as a wheel and validate it")
+    wheel = commands.add_parser("wheel", help="package a built tree as a wheel and validate it",
+                                **examples(r"mtq windows wheel --tree C:\src\vllm --out dist"))
     wheel.add_argument("--tree", default=".", help="built vLLM source tree (default: the current folder)")
     wheel.add_argument("--out", default="dist", help="folder for the wheel (default: dist)")
     wheel.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="which native modules must be in it")
     wheel.set_defaults(func=_wheel)
 
-    verify = commands.add_parser("verify", help="check the installed vLLM: native modules, torch, CUDA, plugin")
+    verify = commands.add_parser("verify", help="check the installed vLLM: native modules, torch, CUDA, plugin",
+                                 **examples("mtq windows verify --version 0.27.1"))
     verify.add_argument("--version", help="the vLLM version that should be installed")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(func=_verify)
 
-    failures = commands.add_parser("failures", help="list the known build and runtime failures and their fixes")
+    failures = commands.add_parser("failures", help="list the known build and runtime failures and their fixes",
+                                   **examples("mtq windows failures --markdown"))
     failures.add_argument("--markdown", action="store_true", help="as the troubleshooting table of docs/windows.md")
     failures.add_argument("--update", metavar="DOC", help="rewrite the table between the markers of DOC")
     failures.set_defaults(func=_failures)
 
-    diagnose = commands.add_parser("diagnose", help="find known failures in a build or vLLM log")
+    diagnose = commands.add_parser("diagnose", help="find known failures in a build or vLLM log",
+                                   **examples(r"mtq windows diagnose C:\src\vllm\build\mtq\build.log"))
     diagnose.add_argument("log", metavar="LOG", help="log file")
     diagnose.set_defaults(func=_diagnose)
 

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from multi_turboquant._help import examples
+
 from multi_turboquant.windows.ctokens import Token, TokenizedSource, line_starts, without_comments
 from multi_turboquant.windows.ctokens import tokenize as ctokenize
 
@@ -789,6 +791,8 @@ def add_scan_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "scan",
         help="scan C++/CUDA/Python build sources for MSVC hazards",
         description="Report MSVC hazards as 'path:line:col: rule: message'; exit 0 clean, 1 hazards, 2 bad input.",
+        **examples("mtq windows scan vllm-0.27.1/csrc --rules alt-token,uint-type",
+                   "mtq windows scan vllm-0.27.1 --fix"),
     )
     parser.add_argument("path", metavar="PATH", help="file or source tree (e.g. an unpacked vLLM sdist)")
     parser.add_argument("--fix", action="store_true", help="apply the mechanical rewrites in place")

@@ -68,7 +68,7 @@ def test_device_names_are_checked():
 def test_worker_processes_measure_what_one_process_does():
     pytest.importorskip("transformers")
     from multi_turboquant.eval.hooks import load_model
-    from multi_turboquant.eval.models import default_model
+    from multi_turboquant.models import default_model
 
     try:
         lm = load_model(default_model())

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("transformers")
 
 from multi_turboquant.cli import main  # noqa: E402
-from multi_turboquant.eval.models import default_model  # noqa: E402
+from multi_turboquant.models import default_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")

