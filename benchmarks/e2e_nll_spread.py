@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from multi_turboquant.eval.corpus import load_text, spread_windows  # noqa: E402
-from multi_turboquant.eval.models import default_model  # noqa: E402
+from multi_turboquant.models import default_model  # noqa: E402
 from multi_turboquant.formats import FORMATS  # noqa: E402
 
 PROBE = ROOT / "tests" / "plugin" / "engine_probe.py"
