@@ -1,22 +1,52 @@
 """Entry point (`vllm.general_plugins`): registers the six formats with vLLM when vLLM loads its plugins."""
 from __future__ import annotations
 
+import functools
+import logging
+
 import torch
 
 from ..formats.registry import FORMATS
 from . import compat, state
 
 BACKEND = "multi_turboquant.vllm.backend.MTQAttentionBackend"
+logger = logging.getLogger("multi_turboquant")
+_failure: Exception | None = None  # why register() registered nothing in this process
+
+
+class RegistrationFailed(RuntimeError):
+    pass
 
 
 def register() -> None:
-    """Called by vLLM in every process; safe to call repeatedly."""
+    """Called by vLLM in every process; safe to call repeatedly. Never raises: on a vLLM it cannot serve it registers
+    nothing and logs one warning, and vLLM's own kv_cache_dtype values work as without the plugin."""
+    global _failure
     import vllm
 
-    compat.check_version(vllm.__version__)
-    compat.add_cache_dtypes(FORMATS)
-    compat.route_attention(BACKEND, _check_layer, FORMATS)
-    compat.hook_attention_layers(FORMATS, _kept, _packed_spec)
+    try:
+        compat.check_version(vllm.__version__)
+        compat.install(FORMATS, BACKEND, _check_layer, _kept, _packed_spec)
+        _failure = None
+        return
+    except compat.UnsupportedVLLMVersion as e:
+        _failure = e
+    except Exception as e:  # an internal that moved; install() has left vLLM as it was
+        _failure = RegistrationFailed(f"multi-turboquant could not register with vLLM {vllm.__version__} "
+                                      f"({type(e).__name__}: {e}); please report it.")
+    _warn_once(f"{_failure} Not registered: kv_cache_dtype {', '.join(FORMATS)}; vLLM's own values work as before.")
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    logger.warning(message)
+
+
+def require_registered() -> None:
+    """Register if needed; raise why not (UnsupportedVLLMVersion or RegistrationFailed) if vLLM did not take them."""
+    register()
+    if _failure is not None:
+        raise _failure
 
 
 def registered_kv_cache_dtypes() -> list[str]:

@@ -1,6 +1,11 @@
 """The plugin's registration, routing, refusals and page sizes, without starting an engine."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -38,17 +43,44 @@ def test_all_six_names_are_accepted_and_vllm_dtypes_still_are():
 
 
 @pytest.mark.parametrize("version", ["0.28.0", "0.25.1", "1.0.0"])
-def test_unsupported_vllm_version_is_refused_clearly(version, monkeypatch):
-    with pytest.raises(compat.UnsupportedVLLMVersion, match=f"vLLM 0.26.x and 0.27.x; this is vLLM {version}"):
+def test_unsupported_vllm_version_is_named_with_the_supported_range(version):
+    with pytest.raises(compat.UnsupportedVLLMVersion, match=f"vLLM 0.26.x to 0.27.x; this is vLLM {version}"):
         compat.check_version(version)
-    monkeypatch.setattr(vllm, "__version__", version)
-    with pytest.raises(compat.UnsupportedVLLMVersion):
-        plugin.register()
 
 
-@pytest.mark.parametrize("version", ["0.26.0", "0.27.1", "0.27.0rc1"])
+@pytest.mark.parametrize("version", ["0.26.0", "0.27.1", "0.27.0rc1", "0.27.1+cpu", "0.27.2.dev4+g1234abc"])
 def test_supported_versions(version):
     compat.check_version(version)
+
+
+def probe_register(mode: str) -> dict:
+    script = Path(__file__).with_name("register_probe.py")
+    proc = subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_unknown_vllm_version_registers_nothing_and_warns_once():
+    result = probe_register("unknown-version")
+    assert result["unchanged"]
+    assert result["accepts"] == {"auto": True, "fp8": True, "isoquant3": False}
+    assert len(result["warnings"]) == 1, result["warnings"]
+    assert f"this is vLLM {vllm.__version__}" in result["warnings"][0]
+    assert "isoquant3" in result["warnings"][0]
+    for name in ("require", "build_llm"):
+        assert result["errors"][name].startswith("UnsupportedVLLMVersion: multi-turboquant supports vLLM 0.26.x"), \
+            result["errors"]
+    assert "not a model folder" in result["errors"]["build_llm_auto"]  # vLLM's own dtypes pass
+
+
+def test_registration_failing_half_way_leaves_vllm_as_it_was():
+    result = probe_register("moved-internal")
+    assert result["accepted_mid_way"]  # the failing step came after the names were added
+    assert result["unchanged"]
+    assert result["accepts"] == {"auto": True, "fp8": True, "isoquant3": False}
+    assert len(result["warnings"]) == 1, result["warnings"]
+    assert "ImportError" in result["warnings"][0] and "extract_layer_index" in result["warnings"][0]
+    assert result["errors"]["build_llm"].startswith("RegistrationFailed: multi-turboquant could not register")
 
 
 def test_selector_routes_only_our_formats():
