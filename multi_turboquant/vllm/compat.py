@@ -1,4 +1,5 @@
-"""Everything that touches vLLM internals, for the supported versions (0.26.x, 0.27.x) only."""
+"""Everything that touches vLLM internals, for vLLM 0.26.x to 0.33.x; where those releases differ, the branches below
+read the running version (docs/vllm.md says what changed where and what was tested on which)."""
 from __future__ import annotations
 
 import copy
@@ -9,7 +10,12 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-SUPPORTED_VERSIONS = ("0.26", "0.27")
+SUPPORTED_VERSIONS = ("0.26", "0.27", "0.28", "0.29", "0.30", "0.31", "0.32", "0.33")
+# The first release of each change to what the plugin touches (read in each release's source):
+STATE_CONTENT_BYTES = (0, 28)  # AttentionSpec.state_content_bytes sizes a page; before, real_page_size_bytes did
+SPEC_CACHE_VIEWS = (0, 29)  # each layer's cache is viewed from its spec in a KVCacheLayout that all backends accept;
+# before, the backend's get_kv_cache_shape gave its shape
+DTYPE_REGISTRY = (0, 33)  # register_kv_cache_dtype and KV_CACHE_DTYPES list the names; before, the CacheDType Literal
 
 
 class UnsupportedVLLMVersion(ValueError):
@@ -34,6 +40,12 @@ def check_version(version: str) -> None:
         raise UnsupportedVLLMVersion(
             f"multi-turboquant supports vLLM {supported_range()}; this is vLLM {version}. "
             "Install a supported vLLM or a newer multi-turboquant.")
+
+
+def _running() -> tuple[int, int]:
+    import vllm
+
+    return minor_version(vllm.__version__)
 
 
 class Patches:
@@ -82,7 +94,29 @@ def accepted_cache_dtypes() -> tuple[str, ...]:
     """The kv_cache_dtype values vLLM accepts now."""
     from vllm.config import cache
 
+    if _running() >= DTYPE_REGISTRY:
+        return tuple(cache.KV_CACHE_DTYPES)
     return cache.CacheDType.__args__
+
+
+class _RawBytes:
+    """vLLM 0.33's handler of one of our names: uint8 storage and no generic quantization mode (NONE, what earlier
+    releases gave our names; 0.33's KVQuantMode.CUSTOM has the value of OCTAVE_K3V4, which selects Octave kernels)."""
+
+    name = ""
+
+    def torch_dtype(self) -> torch.dtype:
+        return torch.uint8
+
+    def quant_mode(self):
+        from vllm.v1.kv_cache_interface import KVQuantMode
+
+        return KVQuantMode.NONE
+
+
+def _discard(items: list, item: object) -> None:
+    if item in items:
+        items.remove(item)
 
 
 def add_cache_dtypes(names: Iterable[str], patches: Patches) -> None:
@@ -92,6 +126,13 @@ def add_cache_dtypes(names: Iterable[str], patches: Patches) -> None:
 
     new = tuple(n for n in names if n not in accepted_cache_dtypes())
     if not new:
+        return
+    if _running() >= DTYPE_REGISTRY:
+        for name in new:  # register_kv_cache_dtype fills these three tables
+            patches.on_undo(functools.partial(_discard, cache.KV_CACHE_DTYPES, name))
+            patches.on_undo(functools.partial(STR_DTYPE_TO_TORCH_DTYPE.pop, name, None))
+            patches.on_undo(functools.partial(cache._KV_CACHE_DTYPE_HANDLERS.pop, name, None))
+            cache.register_kv_cache_dtype(name)(type(f"RawBytes_{name}", (_RawBytes,), {"name": name}))
         return
     from pydantic.dataclasses import rebuild_dataclass
 
@@ -169,3 +210,26 @@ def hook_attention_layers(names: Iterable[str], kept: Callable[[int, object], bo
     __init__._mtq = True
     patches.setattr(Attention, "__init__", __init__)
     patches.setattr(Attention, "get_kv_cache_spec", get_kv_cache_spec)
+
+
+def packed_kv_spec(*, block_size: int, num_kv_heads: int, head_size: int, head_size_v: int, slot_bytes: int):
+    """A full-attention KV-cache spec whose page is block_size x num_kv_heads x slot_bytes uint8, no padding."""
+    from vllm.v1.kv_cache_interface import FullAttentionSpec
+
+    fields = dict(block_size=block_size, num_kv_heads=num_kv_heads, head_size=head_size, head_size_v=head_size_v,
+                  dtype=torch.uint8)
+    if _running() >= STATE_CONTENT_BYTES:
+        return FullAttentionSpec(**fields, state_content_bytes=slot_bytes)
+    from .spec import PackedKVSpec
+
+    return PackedKVSpec(**fields, slot_bytes=slot_bytes)
+
+
+def head_major_layouts() -> tuple | None:
+    """vLLM 0.29+: the KV-cache layouts the kernels read, one contiguous (blocks, KV heads, block_size, slot_bytes)
+    tensor per layer as kernels/layout.py describes (LBHNC, the CPU backend's only one); None before 0.29."""
+    if _running() < SPEC_CACHE_VIEWS:
+        return None
+    from vllm.v1.kv_cache_interface import KVCacheLayout
+
+    return (KVCacheLayout.LBHNC,)

@@ -4,8 +4,6 @@ from __future__ import annotations
 import functools
 import logging
 
-import torch
-
 from ..formats.registry import FORMATS
 from . import compat, state
 
@@ -85,15 +83,12 @@ def _kept(index: int, vllm_config) -> bool:
 
 
 def _packed_spec(layer, vllm_config):
-    from .spec import PackedKVSpec
-
     _activate(vllm_config)
     block_size = vllm_config.cache_config.block_size
-    return PackedKVSpec(
+    return compat.packed_kv_spec(
         block_size=block_size,
         num_kv_heads=layer.num_kv_heads,
         head_size=layer.head_size,
         head_size_v=layer.head_size_v,
-        dtype=torch.uint8,
         slot_bytes=state.layout(layer.head_size, layer.num_kv_heads, block_size).slot_bytes,
     )

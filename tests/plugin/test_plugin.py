@@ -19,7 +19,6 @@ from multi_turboquant.formats import FORMATS  # noqa: E402
 from multi_turboquant.kernels import naive  # noqa: E402
 from multi_turboquant.vllm import compat, plugin, state  # noqa: E402
 from multi_turboquant.vllm.backend import MTQAttentionBackend, MTQAttentionImpl, MTQMetadata  # noqa: E402
-from multi_turboquant.vllm.spec import PackedKVSpec  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -42,13 +41,13 @@ def test_all_six_names_are_accepted_and_vllm_dtypes_still_are():
         CacheConfig(cache_dtype="isoquant9")
 
 
-@pytest.mark.parametrize("version", ["0.28.0", "0.25.1", "1.0.0"])
+@pytest.mark.parametrize("version", ["0.34.0", "0.25.1", "1.0.0"])
 def test_unsupported_vllm_version_is_named_with_the_supported_range(version):
-    with pytest.raises(compat.UnsupportedVLLMVersion, match=f"vLLM 0.26.x to 0.27.x; this is vLLM {version}"):
+    with pytest.raises(compat.UnsupportedVLLMVersion, match=f"vLLM 0.26.x to 0.33.x; this is vLLM {version}"):
         compat.check_version(version)
 
 
-@pytest.mark.parametrize("version", ["0.26.0", "0.27.1", "0.27.0rc1", "0.27.1+cpu", "0.27.2.dev4+g1234abc"])
+@pytest.mark.parametrize("version", ["0.26.0", "0.27.1", "0.27.0rc1", "0.30.0", "0.32.0+cpu", "0.33.1.dev4+g1234abc"])
 def test_supported_versions(version):
     compat.check_version(version)
 
@@ -102,13 +101,32 @@ def test_unservable_layers_are_refused_at_engine_build(kw, match):
         current_platform.get_attn_backend_cls(None, selector("isoquant3", head_size, **kw))
 
 
+def packed_spec(slot_bytes: int):
+    return compat.packed_kv_spec(block_size=32, num_kv_heads=3, head_size=64, head_size_v=64, slot_bytes=slot_bytes)
+
+
 def test_page_is_the_packed_bytes():
-    spec = PackedKVSpec(block_size=32, num_kv_heads=3, head_size=64, dtype=torch.uint8, slot_bytes=52)
+    spec = packed_spec(52)
     assert spec.page_size_bytes == 32 * 3 * 52
-    assert PackedKVSpec.merge([spec, spec]).slot_bytes == 52
-    other = PackedKVSpec(block_size=32, num_kv_heads=3, head_size=64, dtype=torch.uint8, slot_bytes=68)
+    assert type(spec).merge([spec, spec]).page_size_bytes == 32 * 3 * 52
     with pytest.raises((ValueError, AssertionError)):
-        PackedKVSpec.merge([spec, other])
+        type(spec).merge([spec, packed_spec(68)])
+
+
+def test_vllm_views_the_cache_as_the_kernels_lay_it_out():
+    state.activate("isoquant4", {})
+    layout = state.layout(64, 3, 32)
+    if compat.minor_version(vllm.__version__) < compat.SPEC_CACHE_VIEWS:  # the shape is get_kv_cache_shape's
+        assert MTQAttentionBackend.get_kv_cache_shape(10, 32, 3, 64) == layout.shape(10)
+        return
+    from vllm.utils.import_utils import resolve_obj_by_qualname
+    from vllm.v1.attention.backends.utils import get_supported_kv_cache_layouts
+    from vllm.v1.kv_cache_interface import KVCacheLayout, compute_layer_kv_cache_shape_bytes
+
+    assert compute_layer_kv_cache_shape_bytes(packed_spec(layout.slot_bytes), 10) == layout.shape(10)
+    vllm_backend = resolve_obj_by_qualname(current_platform.get_attn_backend_cls(None, selector("auto")))
+    for backends in ([MTQAttentionBackend], [MTQAttentionBackend, vllm_backend]):  # the second: keep_layers
+        assert get_supported_kv_cache_layouts(backends)[0] == KVCacheLayout.LBHNC
 
 
 def test_cache_shape_follows_the_active_formats():
