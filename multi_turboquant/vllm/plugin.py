@@ -9,6 +9,17 @@ from . import compat, state
 
 BACKEND = "multi_turboquant.vllm.backend.MTQAttentionBackend"
 logger = logging.getLogger("multi_turboquant")
+# AttentionSelectorConfig flags of layers the formats cannot serve (a flag newer than the running vLLM is never set)
+REFUSED = {
+    "use_mla": "MLA attention",
+    "use_sparse": "sparse attention",
+    "has_sink": "attention sinks",
+    "has_sliding_window": "sliding-window attention",
+    "use_rswa": "reference sliding-window attention",
+    "use_non_causal": "non-causal attention",
+    "use_dcp": "decode context parallelism",
+    "use_pcp": "prefill context parallelism",
+}
 _failure: Exception | None = None  # why register() registered nothing in this process
 
 
@@ -55,14 +66,9 @@ def registered_kv_cache_dtypes() -> list[str]:
 def _check_layer(cfg) -> None:
     """Refuse, at engine build, layers the formats cannot serve."""
     name = cfg.kv_cache_dtype
-    refusals = {
-        "MLA attention": cfg.use_mla,
-        "sparse attention": getattr(cfg, "use_sparse", False),
-        "attention sinks": cfg.has_sink,
-        "sliding-window attention": getattr(cfg, "has_sliding_window", False),
-        f"attention type {cfg.attn_type}": cfg.attn_type not in (None, "decoder"),
-    }
-    refused = [what for what, hit in refusals.items() if hit]
+    refused = [what for flag, what in REFUSED.items() if getattr(cfg, flag, False)]
+    if cfg.attn_type not in (None, "decoder"):
+        refused.append(f"attention type {cfg.attn_type}")
     if refused:
         raise ValueError(f"kv_cache_dtype={name!r} (multi-turboquant) does not support {', '.join(refused)} "
                          "in this model; use another kv_cache_dtype")

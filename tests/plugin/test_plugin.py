@@ -92,11 +92,17 @@ def test_selector_routes_only_our_formats():
     ({"use_mla": True}, "MLA"),
     ({"has_sink": True}, "sinks"),
     ({"has_sliding_window": True}, "sliding-window"),
+    ({"use_non_causal": True}, "non-causal"),
+    ({"use_pcp": True}, "prefill context parallelism"),
+    ({"use_dcp": True}, "decode context parallelism"),  # vLLM 0.29+
+    ({"use_rswa": True}, "reference sliding-window"),  # vLLM 0.30+
     ({"head_size": 72}, "head_size 72"),
     ({"head_size": 576}, "head_size 576"),
 ])
 def test_unservable_layers_are_refused_at_engine_build(kw, match):
     head_size = kw.pop("head_size", 64)
+    if not set(kw) <= set(AttentionSelectorConfig._fields):
+        pytest.skip(f"vLLM {vllm.__version__} has no {kw}")
     with pytest.raises(ValueError, match=match):
         current_platform.get_attn_backend_cls(None, selector("isoquant3", head_size, **kw))
 
