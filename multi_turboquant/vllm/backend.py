@@ -20,7 +20,7 @@ from ..formats.params import ChannelParams
 from ..formats.registry import FORMATS
 from ..kernels import ops
 from ..kernels.layout import KVCacheLayout
-from . import state
+from . import compat, state
 
 HEAD_SIZES = list(range(MIN_HEAD_DIM, MAX_HEAD_DIM + 1, HEAD_DIM_MULTIPLE))
 
@@ -38,8 +38,8 @@ class MTQAttentionBackend(AttentionBackend):
         return "CUSTOM"  # vLLM's slot for third-party backends (registered by the plugin)
 
     @staticmethod
-    def get_supported_kernel_block_sizes() -> list[int | MultipleOf]:
-        return [MultipleOf(16)]
+    def get_supported_kernel_block_sizes(kv_cache_spec: object = None) -> list[int | MultipleOf]:
+        return [MultipleOf(16)]  # vLLM 0.31+ passes the layer's spec
 
     @classmethod
     def get_supported_head_sizes(cls) -> list[int]:
@@ -57,9 +57,14 @@ class MTQAttentionBackend(AttentionBackend):
     def get_builder_cls() -> type["MTQMetadataBuilder"]:
         return MTQMetadataBuilder
 
+    @classmethod
+    def supported_kv_cache_layouts(cls) -> tuple | None:
+        return compat.head_major_layouts()
+
     @staticmethod
     def get_kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int, head_size: int,
                            cache_dtype_str: str = "auto") -> tuple[int, ...]:
+        """The layer's cache shape (vLLM < 0.29 asks; later releases take it from the spec)."""
         return state.layout(head_size, num_kv_heads, block_size).shape(num_blocks)
 
 

@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..formats.registry import get_format
+from ..formats.registry import FORMATS, get_format
 
 DEFAULT_CPU_KV_GIB = 1
 
@@ -18,12 +18,12 @@ def build_llm(model: str | Path, kv_cache_dtype: str = "auto", *, plugin_config:
     $VLLM_CPU_KVCACHE_SPACE GiB (default 1 here) and the model runs eagerly (torch.compile costs minutes there).
     """
     import torch
-    import vllm
     from vllm import LLM
 
-    from .compat import check_version
+    from .plugin import require_registered
 
-    check_version(vllm.__version__)
+    if kv_cache_dtype in FORMATS:
+        require_registered()
     path = Path(model).expanduser()
     if not (path / "config.json").is_file():
         raise ValueError(f"{str(path)!r} is not a model folder (no config.json)")

@@ -1,22 +1,61 @@
 """Entry point (`vllm.general_plugins`): registers the six formats with vLLM when vLLM loads its plugins."""
 from __future__ import annotations
 
-import torch
+import functools
+import logging
 
 from ..formats.registry import FORMATS
 from . import compat, state
 
 BACKEND = "multi_turboquant.vllm.backend.MTQAttentionBackend"
+logger = logging.getLogger("multi_turboquant")
+# AttentionSelectorConfig flags of layers the formats cannot serve (a flag newer than the running vLLM is never set)
+REFUSED = {
+    "use_mla": "MLA attention",
+    "use_sparse": "sparse attention",
+    "has_sink": "attention sinks",
+    "has_sliding_window": "sliding-window attention",
+    "use_rswa": "reference sliding-window attention",
+    "use_non_causal": "non-causal attention",
+    "use_dcp": "decode context parallelism",
+    "use_pcp": "prefill context parallelism",
+}
+_failure: Exception | None = None  # why register() registered nothing in this process
+
+
+class RegistrationFailed(RuntimeError):
+    pass
 
 
 def register() -> None:
-    """Called by vLLM in every process; safe to call repeatedly."""
+    """Called by vLLM in every process; safe to call repeatedly. Never raises: on a vLLM it cannot serve it registers
+    nothing and logs one warning, and vLLM's own kv_cache_dtype values work as without the plugin."""
+    global _failure
     import vllm
 
-    compat.check_version(vllm.__version__)
-    compat.add_cache_dtypes(FORMATS)
-    compat.route_attention(BACKEND, _check_layer, FORMATS)
-    compat.hook_attention_layers(FORMATS, _kept, _packed_spec)
+    try:
+        compat.check_version(vllm.__version__)
+        compat.install(FORMATS, BACKEND, _check_layer, _kept, _packed_spec)
+        _failure = None
+        return
+    except compat.UnsupportedVLLMVersion as e:
+        _failure = e
+    except Exception as e:  # an internal that moved; install() has left vLLM as it was
+        _failure = RegistrationFailed(f"multi-turboquant could not register with vLLM {vllm.__version__} "
+                                      f"({type(e).__name__}: {e}); please report it.")
+    _warn_once(f"{_failure} Not registered: kv_cache_dtype {', '.join(FORMATS)}; vLLM's own values work as before.")
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    logger.warning(message)
+
+
+def require_registered() -> None:
+    """Register if needed; raise why not (UnsupportedVLLMVersion or RegistrationFailed) if vLLM did not take them."""
+    register()
+    if _failure is not None:
+        raise _failure
 
 
 def registered_kv_cache_dtypes() -> list[str]:
@@ -27,14 +66,9 @@ def registered_kv_cache_dtypes() -> list[str]:
 def _check_layer(cfg) -> None:
     """Refuse, at engine build, layers the formats cannot serve."""
     name = cfg.kv_cache_dtype
-    refusals = {
-        "MLA attention": cfg.use_mla,
-        "sparse attention": getattr(cfg, "use_sparse", False),
-        "attention sinks": cfg.has_sink,
-        "sliding-window attention": getattr(cfg, "has_sliding_window", False),
-        f"attention type {cfg.attn_type}": cfg.attn_type not in (None, "decoder"),
-    }
-    refused = [what for what, hit in refusals.items() if hit]
+    refused = [what for flag, what in REFUSED.items() if getattr(cfg, flag, False)]
+    if cfg.attn_type not in (None, "decoder"):
+        refused.append(f"attention type {cfg.attn_type}")
     if refused:
         raise ValueError(f"kv_cache_dtype={name!r} (multi-turboquant) does not support {', '.join(refused)} "
                          "in this model; use another kv_cache_dtype")
@@ -55,15 +89,12 @@ def _kept(index: int, vllm_config) -> bool:
 
 
 def _packed_spec(layer, vllm_config):
-    from .spec import PackedKVSpec
-
     _activate(vllm_config)
     block_size = vllm_config.cache_config.block_size
-    return PackedKVSpec(
+    return compat.packed_kv_spec(
         block_size=block_size,
         num_kv_heads=layer.num_kv_heads,
         head_size=layer.head_size,
         head_size_v=layer.head_size_v,
-        dtype=torch.uint8,
         slot_bytes=state.layout(layer.head_size, layer.num_kv_heads, block_size).slot_bytes,
     )

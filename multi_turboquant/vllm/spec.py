@@ -1,4 +1,4 @@
-"""KV-cache spec whose page holds the packed records: real capacity, not the 2x of a byte-per-coordinate slot."""
+"""vLLM 0.26/0.27's KV-cache spec for packed records (later releases size pages by `state_content_bytes`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace

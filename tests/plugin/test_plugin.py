@@ -1,6 +1,11 @@
 """The plugin's registration, routing, refusals and page sizes, without starting an engine."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -14,7 +19,6 @@ from multi_turboquant.formats import FORMATS  # noqa: E402
 from multi_turboquant.kernels import naive  # noqa: E402
 from multi_turboquant.vllm import compat, plugin, state  # noqa: E402
 from multi_turboquant.vllm.backend import MTQAttentionBackend, MTQAttentionImpl, MTQMetadata  # noqa: E402
-from multi_turboquant.vllm.spec import PackedKVSpec  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -37,18 +41,45 @@ def test_all_six_names_are_accepted_and_vllm_dtypes_still_are():
         CacheConfig(cache_dtype="isoquant9")
 
 
-@pytest.mark.parametrize("version", ["0.28.0", "0.25.1", "1.0.0"])
-def test_unsupported_vllm_version_is_refused_clearly(version, monkeypatch):
-    with pytest.raises(compat.UnsupportedVLLMVersion, match=f"vLLM 0.26.x and 0.27.x; this is vLLM {version}"):
+@pytest.mark.parametrize("version", ["0.34.0", "0.25.1", "1.0.0"])
+def test_unsupported_vllm_version_is_named_with_the_supported_range(version):
+    with pytest.raises(compat.UnsupportedVLLMVersion, match=f"vLLM 0.26.x to 0.33.x; this is vLLM {version}"):
         compat.check_version(version)
-    monkeypatch.setattr(vllm, "__version__", version)
-    with pytest.raises(compat.UnsupportedVLLMVersion):
-        plugin.register()
 
 
-@pytest.mark.parametrize("version", ["0.26.0", "0.27.1", "0.27.0rc1"])
+@pytest.mark.parametrize("version", ["0.26.0", "0.27.1", "0.27.0rc1", "0.30.0", "0.32.0+cpu", "0.33.1.dev4+g1234abc"])
 def test_supported_versions(version):
     compat.check_version(version)
+
+
+def probe_register(mode: str) -> dict:
+    script = Path(__file__).with_name("register_probe.py")
+    proc = subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_unknown_vllm_version_registers_nothing_and_warns_once():
+    result = probe_register("unknown-version")
+    assert result["unchanged"]
+    assert result["accepts"] == {"auto": True, "fp8": True, "isoquant3": False}
+    assert len(result["warnings"]) == 1, result["warnings"]
+    assert f"this is vLLM {vllm.__version__}" in result["warnings"][0]
+    assert "isoquant3" in result["warnings"][0]
+    for name in ("require", "build_llm"):
+        assert result["errors"][name].startswith("UnsupportedVLLMVersion: multi-turboquant supports vLLM 0.26.x"), \
+            result["errors"]
+    assert "not a model folder" in result["errors"]["build_llm_auto"]  # vLLM's own dtypes pass
+
+
+def test_registration_failing_half_way_leaves_vllm_as_it_was():
+    result = probe_register("moved-internal")
+    assert result["accepted_mid_way"]  # the failing step came after the names were added
+    assert result["unchanged"]
+    assert result["accepts"] == {"auto": True, "fp8": True, "isoquant3": False}
+    assert len(result["warnings"]) == 1, result["warnings"]
+    assert "ImportError" in result["warnings"][0] and "extract_layer_index" in result["warnings"][0]
+    assert result["errors"]["build_llm"].startswith("RegistrationFailed: multi-turboquant could not register")
 
 
 def test_selector_routes_only_our_formats():
@@ -61,22 +92,47 @@ def test_selector_routes_only_our_formats():
     ({"use_mla": True}, "MLA"),
     ({"has_sink": True}, "sinks"),
     ({"has_sliding_window": True}, "sliding-window"),
+    ({"use_non_causal": True}, "non-causal"),
+    ({"use_pcp": True}, "prefill context parallelism"),
+    ({"use_dcp": True}, "decode context parallelism"),  # vLLM 0.29+
+    ({"use_rswa": True}, "reference sliding-window"),  # vLLM 0.30+
     ({"head_size": 72}, "head_size 72"),
     ({"head_size": 576}, "head_size 576"),
 ])
 def test_unservable_layers_are_refused_at_engine_build(kw, match):
     head_size = kw.pop("head_size", 64)
+    if not set(kw) <= set(AttentionSelectorConfig._fields):
+        pytest.skip(f"vLLM {vllm.__version__} has no {kw}")
     with pytest.raises(ValueError, match=match):
         current_platform.get_attn_backend_cls(None, selector("isoquant3", head_size, **kw))
 
 
+def packed_spec(slot_bytes: int):
+    return compat.packed_kv_spec(block_size=32, num_kv_heads=3, head_size=64, head_size_v=64, slot_bytes=slot_bytes)
+
+
 def test_page_is_the_packed_bytes():
-    spec = PackedKVSpec(block_size=32, num_kv_heads=3, head_size=64, dtype=torch.uint8, slot_bytes=52)
+    spec = packed_spec(52)
     assert spec.page_size_bytes == 32 * 3 * 52
-    assert PackedKVSpec.merge([spec, spec]).slot_bytes == 52
-    other = PackedKVSpec(block_size=32, num_kv_heads=3, head_size=64, dtype=torch.uint8, slot_bytes=68)
+    assert type(spec).merge([spec, spec]).page_size_bytes == 32 * 3 * 52
     with pytest.raises((ValueError, AssertionError)):
-        PackedKVSpec.merge([spec, other])
+        type(spec).merge([spec, packed_spec(68)])
+
+
+def test_vllm_views_the_cache_as_the_kernels_lay_it_out():
+    state.activate("isoquant4", {})
+    layout = state.layout(64, 3, 32)
+    if compat.minor_version(vllm.__version__) < compat.SPEC_CACHE_VIEWS:  # the shape is get_kv_cache_shape's
+        assert MTQAttentionBackend.get_kv_cache_shape(10, 32, 3, 64) == layout.shape(10)
+        return
+    from vllm.utils.import_utils import resolve_obj_by_qualname
+    from vllm.v1.attention.backends.utils import get_supported_kv_cache_layouts
+    from vllm.v1.kv_cache_interface import KVCacheLayout, compute_layer_kv_cache_shape_bytes
+
+    assert compute_layer_kv_cache_shape_bytes(packed_spec(layout.slot_bytes), 10) == layout.shape(10)
+    vllm_backend = resolve_obj_by_qualname(current_platform.get_attn_backend_cls(None, selector("auto")))
+    for backends in ([MTQAttentionBackend], [MTQAttentionBackend, vllm_backend]):  # the second: keep_layers
+        assert get_supported_kv_cache_layouts(backends)[0] == KVCacheLayout.LBHNC
 
 
 def test_cache_shape_follows_the_active_formats():
