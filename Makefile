@@ -1,7 +1,7 @@
 # Two entry points: `make demo` (main job on the embedded default) and `make test`.
 # Both create or reuse their virtual environments and install what they need.
 # .venv holds the newest vLLM CPU build (the demo and the whole suite); .venv-vllm027 an older supported release,
-# on which the plugin's tests run again.
+# on which the plugin's registration tests and a `vllm serve` end-to-end test run again.
 PYTHON ?= python3.11
 VLLM := 0.32.0
 VLLM_OLD := 0.27.1
@@ -29,7 +29,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/mtq demo
 
 test: $(VENV)/.installed $(VENV_OLD)/.installed
-	$(VENV_OLD)/bin/python -m pytest -q --durations=10 tests/plugin/test_plugin.py tests/plugin/test_e2e.py
+	$(VENV_OLD)/bin/python -m pytest -q --durations=10 tests/plugin/test_plugin.py tests/plugin/test_serve.py
 	$(VENV)/bin/python -m pytest -q --durations=20
 
 clean:

@@ -81,6 +81,7 @@ def probe(config: dict) -> dict:
         "init_s": round(init_s, 1),
         "window_nll": window_nll(llm, config["windows"]) if config.get("windows") else [],
     }
+    result["window_s"] = round(time.perf_counter() - start - init_s, 1)
     if config.get("prompts"):
         outs = greedy(llm, config["prompts"], config["max_tokens"])
         result["tokens"] = [list(o.outputs[0].token_ids) for o in outs]

@@ -27,15 +27,16 @@ from multi_turboquant.vllm.engine import ideal_ratio  # noqa: E402
 from .conftest import text_prompts  # noqa: E402
 
 PROBE = Path(__file__).with_name("engine_probe.py")
-N_PROMPTS, PROMPT_TOKENS, NEW_TOKENS = 8, 48, 16
+N_PROMPTS, PROMPT_TOKENS, NEW_TOKENS = 4, 48, 8
 N_WINDOWS, WINDOW_TOKENS = 2, 512
 MIXED = {"value_format": "planarquant3", "keep_layers": [0, 29]}
 # ΔNLL vs `auto` (nats/token), teacher-forced on the windows above. The spread over 5 window sets x OMP threads 1 and 2
 # is in BENCHMARKS.md ("End-to-end test bounds"; benchmarks/e2e_nll_spread.py); each bound sits well above its
-# format's largest measured value and far below the broken codecs (BROKEN_AT_LEAST).
+# format's largest measured value and far below the broken codecs (BROKEN_AT_LEAST: the half-zeroed codec measured
+# 1.99-3.24 on single windows, 2.19 on the first window, which the broken run reads alone).
 MAX_DELTA_NLL = {"isoquant4": 0.5, "planarquant4": 0.5, "turboquant35": 0.5, "mixed": 0.8,
                  "isoquant3": 1.5, "planarquant3": 1.5, "turboquant25": 1.5}
-BROKEN_AT_LEAST = 2.0
+BROKEN_AT_LEAST = 1.8
 
 
 def run_probe(configs: list[dict], tmp: Path, **env: str) -> dict[str, dict]:
@@ -66,13 +67,15 @@ def runs(smollm2, tiny_head128, windows, tmp_path_factory) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def broken(smollm2, windows, tmp_path_factory) -> dict:
     """isoquant4 with a store that zeroes half of each key's channels before encoding (engine in this process)."""
-    config = {"name": "broken", "kv_cache_dtype": "isoquant4", "model": str(smollm2), "windows": windows,
+    config = {"name": "broken", "kv_cache_dtype": "isoquant4", "model": str(smollm2), "windows": windows[:1],
               "break_codec": "half"}
     return run_probe([config], tmp_path_factory.mktemp("broken"), VLLM_ENABLE_V1_MULTIPROCESSING="0")["broken"]
 
 
 def delta_nll(run: dict, auto: dict) -> float:
-    return statistics.mean(run["window_nll"]) - statistics.mean(auto["window_nll"])
+    """Mean NLL of the run's windows minus auto's on the same windows."""
+    n = len(run["window_nll"])
+    return statistics.mean(run["window_nll"]) - statistics.mean(auto["window_nll"][:n])
 
 
 def agreement(a: list[list[int]], b: list[list[int]]) -> float:
@@ -106,7 +109,7 @@ def test_teacher_forced_nll_within_bound(runs, name, report):
 
 def test_a_broken_codec_trips_every_bound(runs, broken, report):
     delta = delta_nll(broken, runs["auto"])
-    report(f"e2e isoquant4 with half of each key zeroed: ΔNLL {delta:+.4f} nats/token")
+    report(f"e2e isoquant4 with half of each key zeroed: ΔNLL {delta:+.4f} nats/token (first window)")
     assert delta > BROKEN_AT_LEAST > max(MAX_DELTA_NLL.values()), delta
 
 
