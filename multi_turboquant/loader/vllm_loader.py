@@ -60,13 +60,13 @@ class MtqMmapModelLoader(DefaultModelLoader):
         return super().load_model(vllm_config, model_config, prefix)
 
     def _get_weights_iterator(self, source: DefaultModelLoader.Source) -> Generator[tuple[str, torch.Tensor], None, None]:
-        _, files, _ = self._prepare_weights(
+        files = self._prepare_weights(  # (folder, files, use_safetensors), plus the index file from vLLM 0.31
             source.model_or_path,
             source.subfolder,
             source.revision,
             source.fall_back_to_pt,
             source.allow_patterns_overrides,
-        )
+        )[1]
         weights = iter_files(
             sorted(files),
             self.device or "cpu",

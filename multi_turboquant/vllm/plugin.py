@@ -1,14 +1,15 @@
 """Entry point (`vllm.general_plugins`): registers the six formats with vLLM when vLLM loads its plugins."""
 from __future__ import annotations
 
-import functools
 import logging
+import os
 
 from ..formats.registry import FORMATS
 from . import compat, state
 
 BACKEND = "multi_turboquant.vllm.backend.MTQAttentionBackend"
 logger = logging.getLogger("multi_turboquant")
+WARNED = "MULTI_TURBOQUANT_WARNED"  # set once warned: the processes vLLM starts next inherit it and stay quiet
 # AttentionSelectorConfig flags of layers the formats cannot serve (a flag newer than the running vLLM is never set)
 REFUSED = {
     "use_mla": "MLA attention",
@@ -46,9 +47,11 @@ def register() -> None:
     _warn_once(f"{_failure} Not registered: kv_cache_dtype {', '.join(FORMATS)}; vLLM's own values work as before.")
 
 
-@functools.cache
 def _warn_once(message: str) -> None:
-    logger.warning(message)
+    """Log `message` once per process tree (vLLM loads its plugins again in each process it starts)."""
+    if os.environ.get(WARNED) != "1":
+        os.environ[WARNED] = "1"
+        logger.warning(message)
 
 
 def require_registered() -> None:

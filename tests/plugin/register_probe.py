@@ -1,13 +1,14 @@
 """register() where vLLM cannot take the formats, in a fresh process (run as a script); prints what the tests check.
 
-usage: python register_probe.py unknown-version|moved-internal
-unknown-version: the running vLLM is made unsupported; moved-internal: an internal the last registration step
-imports is gone, so registration fails half-way.
+usage: python register_probe.py unknown-version|moved-internal|child
+unknown-version: the running vLLM is made unsupported (then a child process registers too, as vLLM's engine process
+would); moved-internal: an internal the last registration step imports is gone, so registration fails half-way.
 """
 from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import sys
 
 
@@ -45,9 +46,13 @@ def main(mode: str) -> None:
     handler.emit = lambda record: warnings.append(record.getMessage())
     logging.getLogger("multi_turboquant").addHandler(handler)
     seen = {}
-    if mode == "unknown-version":
+    if mode in ("unknown-version", "child"):
         compat.SUPPORTED_VERSIONS = ("0.26",)
-    else:
+    if mode == "child":
+        plugin.register()
+        print(json.dumps(warnings))
+        return
+    if mode == "moved-internal":
         del vllm.model_executor.models.utils.extract_layer_index
         hook = compat.hook_attention_layers
 
@@ -67,6 +72,9 @@ def main(mode: str) -> None:
             build()
         except Exception as e:
             errors[name] = f"{type(e).__name__}: {e}"
+    if mode == "unknown-version":
+        child = subprocess.run([sys.executable, __file__, "child"], capture_output=True, text=True, check=True)
+        seen["child_warnings"] = json.loads(child.stdout.splitlines()[-1])
     print(json.dumps({"unchanged": snapshot() == before, "warnings": warnings, "errors": errors, **seen,
                       "accepts": {name: accepts(name) for name in ("auto", "fp8", "isoquant3")}}))
 
