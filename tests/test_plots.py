@@ -51,3 +51,14 @@ def test_plot_script_writes_a_png(name, tmp_path):
 
 def test_every_plot_script_is_tested():
     assert {p.stem for p in BENCHMARKS.glob("plot_*.py")} == set(SMALL_INPUTS)
+
+
+def test_quality_plot_of_the_reference_alone_is_skipped(tmp_path):
+    pytest.importorskip("matplotlib")
+    from multi_turboquant.eval.plot import plot_dppl
+    from multi_turboquant.eval.quality import Result
+
+    bf16 = Result("bf16", "baseline", False, 16.0, 512, 20.0, 0.0, 100.0, 8.0)
+    assert plot_dppl([bf16], tmp_path / "q.png") is None and not (tmp_path / "q.png").exists()
+    fmt = Result("isoquant4", "format", False, 4.25, 204, 22.0, 10.0, 50.0, 3.0)
+    assert plot_dppl([bf16, fmt], tmp_path / "q.png") == tmp_path / "q.png"

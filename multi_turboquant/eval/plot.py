@@ -54,14 +54,15 @@ def _family(name: str) -> str:
 
 
 def plot_dppl(results: list, path: str | Path, title: str = "") -> Path | None:
-    """ΔPPL % (log) against bits per coordinate (log) for every row but the reference; None without matplotlib.
+    """ΔPPL % (log) against bits per coordinate (log) for every row but the reference; None without matplotlib or
+    without such a row (a partial result holding the reference alone).
 
     Rows are objects with name, kind, calibrated, bits and dppl_pct (`quality.Result`). A format measured with
     and without calibration gets a hollow marker (default), a filled one (calibrated) and an arrow between them."""
-    plt = pyplot()
-    if plt is None:
-        return None
     rows = [r for r in results if r.bits < 16]
+    plt = pyplot()
+    if plt is None or not rows:
+        return None
     fig, ax = plt.subplots(figsize=(8.5, 5.6))
     labels, handles = [], {}
 
