@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from ..formats import ChannelParams
-from ..formats.params import fit_channel_params, params_from_moments
+from ..formats.calibration import Rope
+from ..formats.params import OFFSET_BUCKET, fit_channel_params, params_from_moments, params_from_rms
 from .hooks import LoadedModel
 
 
@@ -112,38 +113,51 @@ def key_moments(s: LayerKV, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch
 
 
 def fit_layers(kv: list[LayerKV], n_outliers: int, sink_weight: float = 0.0, centroid: bool = True,
-               rotation: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[tuple[ChannelParams, ChannelParams]]:
+               rotation: tuple[torch.Tensor, torch.Tensor] | None = None,
+               rope: Rope | None = None) -> tuple[list[tuple[ChannelParams, ChannelParams]], list[torch.Tensor | None]]:
     """Per layer and stream: channel mean (offset), RMS around it (scale), the n_outliers largest-RMS channels;
     with `centroid`, the keys' centroid is the mean key at position 0 (the attention sink: keys near it are
     stored relative to it, format version 2); with `rotation` (cos, sin of the positions 0..L-1), the key
-    statistics are those at positions spread over [0, L) (`key_moments`), else as observed.
+    statistics are those at positions spread over [0, L) (`key_moments`), else as observed. With `rope` as well,
+    the key offset follows the position (the pre-RoPE mean turned by RoPE, per OFFSET_BUCKET positions; returned
+    as the layer's rope mean) and the key scale is the RMS around it. Returns the params and the rope means.
 
     sink_weight w > 0 widens the key scale where the attention sink's key sits far from the mean:
     scale = sqrt(RMS^2 + w (sink key - mean)^2), so the sink's canonical key is less of a spike for the 4- and
     2-coordinate rotations of IsoQuant/PlanarQuant (BENCHMARKS.md, "Quality study", section 6).
     """
-    layers = []
+    layers, means = [], []
     for s in kv:
         value = fit_channel_params(s.value, center=True, equalize=True, n_outliers=n_outliers)
-        if rotation is not None and s.pre_rope is not None:
+        mean, sink_offset = None, None
+        if rotation is not None and s.pre_rope is not None and rope is not None:
+            mean = s.pre_rope[0].float()
+            table = rope.position_offset(mean, -(-rotation[0].shape[0] // OFFSET_BUCKET)).double()
+            _, square = key_moments(s, *rotation)
+            key = params_from_rms((square - table.pow(2).mean(0)).clamp_min(0).sqrt(), n_outliers, equalize=True)
+            sink_offset = table[0].float()
+        elif rotation is not None and s.pre_rope is not None:
             key = params_from_moments(*key_moments(s, *rotation), center=True, equalize=True, n_outliers=n_outliers)
         else:
             key = fit_channel_params(s.key, center=True, equalize=True, n_outliers=n_outliers)
         if sink_weight:
-            wide = (key.scale.pow(2) + sink_weight * (s.sink_key - key.offset).pow(2)).sqrt()
-            key = ChannelParams(key.offset, wide, key.outliers)
+            wide = (key.scale.pow(2) + sink_weight * (s.sink_key - (key.offset if mean is None else sink_offset)).pow(2))
+            key = ChannelParams(key.offset, wide.sqrt(), key.outliers)
         if centroid:
             key = ChannelParams(key.offset, key.scale, key.outliers, s.sink_key)
         layers.append((key, value))
-    return layers
+        means.append(mean)
+    return layers, means
 
 
 def calibrate(lm: LoadedModel, ids: torch.Tensor, window: int, n_outliers: int, path, corpus: str,
-              sink_weight: float = 0.0, centroid: bool = True, horizon: int | None = None):
+              sink_weight: float = 0.0, centroid: bool = True, horizon: int | None = None,
+              position_offsets: bool = True):
     """Collect K/V over ids, fit every layer, write the calibration file at path; returns the Calibration.
 
     horizon: key statistics for positions 0..horizon-1 (default: the model's max_position_embeddings; 0: as observed
-    in the calibration windows, which suits only contexts as long as those windows)."""
+    in the calibration windows, which suits only contexts as long as those windows). position_offsets: key offsets
+    that follow the position (needs a rotary embedding and a horizon; off: one offset for the whole horizon)."""
     from ..formats.calibration import save_calibration
 
     if not 0 <= n_outliers <= lm.head_dim // 2:
@@ -155,12 +169,18 @@ def calibrate(lm: LoadedModel, ids: torch.Tensor, window: int, n_outliers: int, 
     if horizon < 0:
         raise ValueError(f"horizon must be at least 0 positions, got {horizon}")
     rotary = _rotary(lm)
-    rotation = None
+    rotation, rope = None, None
     if horizon and rotary is not None:
         with torch.no_grad():
             rotation = tuple(t.cpu() for t in _cos_sin(rotary, horizon, lm.device))
-    layers = fit_layers(collect_kv(lm, ids, window), n_outliers, sink_weight, centroid, rotation)
+        if position_offsets:
+            rope = Rope(rotary.inv_freq.detach().cpu().double(), float(getattr(rotary, "attention_scaling", 1.0)),
+                        horizon)
+    layers, means = fit_layers(collect_kv(lm, ids, window), n_outliers, sink_weight, centroid, rotation, rope)
     span = f"key statistics for positions 0-{horizon - 1}" if rotation is not None else \
         f"key statistics as observed in windows of {window}"
+    if rope is not None:
+        span += f", key offsets per {OFFSET_BUCKET} positions"
     return save_calibration(path, layers, head_dim=lm.head_dim, num_kv_heads=lm.num_kv_heads, model=str(lm.path),
-                            corpus=f"{corpus}, {ids.numel()} tokens; {span}")
+                            corpus=f"{corpus}, {ids.numel()} tokens; {span}", rope=rope,
+                            rope_means=tuple(means) if rope is not None else ())

@@ -33,8 +33,10 @@ def format_codec(fmt: KVFormat | str) -> Codec:
 
     fmt = get_format(fmt) if isinstance(fmt, str) else fmt
 
-    def roundtrip(x: torch.Tensor, params: ChannelParams | None) -> torch.Tensor:
-        return fmt.decode(ops.encode(x, fmt.name, params), x.shape[-1], params=params)
+    def roundtrip(x: torch.Tensor, params: ChannelParams | None, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x (..., heads, d) at `positions` (x's leading dims; needed by a position_offset) -> decoded."""
+        decoded = params.at(positions) if params is not None and params.positional else params
+        return fmt.decode(ops.encode(x, fmt.name, params, positions), x.shape[-1], params=decoded)
 
     return Codec(fmt.name, fmt.family, fmt.bytes_per_vector, roundtrip)
 

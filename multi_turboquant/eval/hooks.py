@@ -19,7 +19,7 @@ from ..formats.calibration import FAMILY_FIELDS, Calibration
 from .codecs import BF16, Codec
 
 ATTENTION_NAME = "mtq_kv"
-Stream = Callable[[torch.Tensor], torch.Tensor]  # (..., heads, d) -> same
+Stream = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (B, T, heads, d), positions (T,) -> same
 Observer = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]  # (layer, q, k, v), (B, heads, T, d)
 
 
@@ -44,7 +44,9 @@ class Scheme:
 
 
 def _stream(codec: Codec, params: ChannelParams | None) -> Stream:
-    return lambda x: codec.roundtrip(x, params)
+    if params is not None and params.positional:
+        return lambda x, positions: codec.roundtrip(x, params, positions)
+    return lambda x, positions: codec.roundtrip(x, params)
 
 
 def _on_device(params: ChannelParams | None, device: torch.device | str) -> ChannelParams | None:
@@ -90,7 +92,8 @@ class KVHook:
         for t, fn in zip((key, value), self.layers.get(module.layer_idx, (None, None))):
             if fn is not None and start < total:  # (B, H, T, d) -> codecs see (B, T, H, d): per-head calibration
                 new = t[:, :, start:].transpose(1, 2).float()
-                t[:, :, start:] = fn(new).transpose(1, 2).to(t.dtype)
+                positions = torch.arange(start, total, device=t.device)
+                t[:, :, start:] = fn(new, positions).transpose(1, 2).to(t.dtype)
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 

@@ -23,9 +23,9 @@ def mse_turboquant(name: str) -> Codec:
     format version 1: it applies the offset and outliers of a calibration, not its centroid."""
     fmt = get_format(name)
 
-    def roundtrip(x: torch.Tensor, params: ChannelParams | None) -> torch.Tensor:
+    def roundtrip(x: torch.Tensor, params: ChannelParams | None, positions: torch.Tensor | None = None) -> torch.Tensor:
         d, h = x.shape[-1], x.shape[-1] // 2
-        p = params or ChannelParams()
+        p = (params.at(positions) if positions is not None else params) if params is not None else ChannelParams()
         canon = fmt.to_canonical(x.float(), p, d)
         rot_o, rot_n, _ = fmt.transforms(d)
         parts = []

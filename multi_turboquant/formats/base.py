@@ -64,7 +64,7 @@ class KVFormat(ABC):
         nbytes = self.bytes_per_vector(head_dim)
         if not torch.isfinite(x).all():
             raise ValueError(f"{self.name}: input contains NaN or Inf")
-        params = self._check_params(params, head_dim)
+        params = self._resolved(params, head_dim)
         lead = x.shape[:-1]
         x = x.to(torch.float32)
         canon = self.to_canonical(x, params, head_dim).reshape(-1, head_dim)
@@ -99,7 +99,7 @@ class KVFormat(ABC):
             raise ValueError(f"{self.name}: packed last dim must be {nbytes} bytes at head_dim {head_dim}, got {shape}")
         if dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"{self.name}: unsupported output dtype {dtype}; expected float16, bfloat16 or float32")
-        params = self._check_params(params, head_dim)
+        params = self._resolved(params, head_dim)
         lead = packed.shape[:-1]
         rows = packed.reshape(-1, nbytes)
         # the scale's sign bit flags a record stored relative to the centroid; like the offset and scale, it means
@@ -120,6 +120,13 @@ class KVFormat(ABC):
         return out.clamp(-limit, limit).to(dtype)
 
     # -- calibration hooks -----------------------------------------------------------------------
+    def _resolved(self, params: ChannelParams | None, head_dim: int) -> ChannelParams:
+        """Checked params with a plain offset: a position-dependent one must be resolved by `params.at(positions)`."""
+        params = self._check_params(params, head_dim)
+        if params.positional:
+            raise ValueError(f"{self.name}: a position_offset needs the vectors' positions: pass params.at(positions)")
+        return params
+
     def _check_params(self, params: ChannelParams | None, head_dim: int) -> ChannelParams:
         params = params or ChannelParams()
         params.validate(self.name, head_dim)

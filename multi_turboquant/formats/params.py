@@ -9,7 +9,13 @@ import torch
 
 from .version import FORMAT_VERSION, READABLE_VERSIONS
 
-FIELDS = ("offset", "scale", "outliers", "centroid")
+FIELDS = ("offset", "scale", "outliers", "centroid", "position_offset")
+OFFSET_BUCKET = 256  # positions per row of a position_offset table
+
+
+def offset_rows(positions: torch.Tensor, rows: int) -> torch.Tensor:
+    """The position_offset row of each position: position // OFFSET_BUCKET, the last row for positions past it."""
+    return (positions.long() // OFFSET_BUCKET).clamp(0, rows - 1)
 
 
 @dataclass(frozen=True)
@@ -22,6 +28,8 @@ class ChannelParams:
     outliers: (..., k) channel indices, k <= d/2, sent to the higher-precision half (TurboQuant only).
     centroid: (..., d) a second offset (format version 2; the attention sink's key): a vector nearer to it than
         to `offset` in the calibrated space is stored relative to it, flagged by its record's scale sign bit.
+    position_offset: (rows, heads, d) an offset that depends on the vector's position p (keys after RoPE): row
+        `p // OFFSET_BUCKET` (the last row past the table). It replaces `offset`; codecs take `at(positions)`.
     Leading dims broadcast against the encoded tensor's (..., heads, d), e.g. (heads, d).
     """
 
@@ -29,10 +37,11 @@ class ChannelParams:
     scale: torch.Tensor | None = None
     outliers: torch.Tensor | None = None
     centroid: torch.Tensor | None = None
+    position_offset: torch.Tensor | None = None
 
     def validate(self, name: str, head_dim: int) -> None:
         """Raise ValueError naming the format and the field when a tensor does not fit head_dim."""
-        for field in ("offset", "scale", "centroid"):
+        for field in ("offset", "scale", "centroid", "position_offset"):
             t = getattr(self, field)
             if t is None:
                 continue
@@ -40,6 +49,12 @@ class ChannelParams:
                 raise ValueError(f"{name}: {field} has last dim {t.shape[-1]}, expected head_dim {head_dim}")
             if not torch.isfinite(t).all():
                 raise ValueError(f"{name}: {field} contains NaN or Inf")
+        if self.position_offset is not None:
+            if self.offset is not None:
+                raise ValueError(f"{name}: give offset or position_offset, not both")
+            if self.position_offset.dim() != 3 or self.position_offset.shape[0] < 1:
+                raise ValueError(f"{name}: position_offset must be (rows, heads, d), got "
+                                 f"{tuple(self.position_offset.shape)}")
         if self.scale is not None and not (self.scale > 0).all():
             raise ValueError(f"{name}: scale must be positive")
         if self.outliers is not None:
@@ -74,6 +89,19 @@ class ChannelParams:
         """These params with fn applied to each tensor present."""
         return ChannelParams(**{f: None if getattr(self, f) is None else fn(getattr(self, f)) for f in FIELDS})
 
+    @property
+    def positional(self) -> bool:
+        return self.position_offset is not None
+
+    def at(self, positions: torch.Tensor) -> "ChannelParams":
+        """These params for vectors at `positions` (the encoded tensor's leading dims before (heads, d)): the
+        position_offset rows become a plain per-vector offset."""
+        if self.position_offset is None:
+            return self
+        table = self.position_offset
+        offset = table[offset_rows(positions.to(table.device), table.shape[0])]
+        return ChannelParams(offset, self.scale, self.outliers, self.centroid)
+
     def recentered(self) -> "ChannelParams":
         """These params with the centroid as the offset (how a flagged vector is calibrated)."""
         return ChannelParams(self.centroid, self.scale, self.outliers)
@@ -102,8 +130,13 @@ def params_from_moments(mean: torch.Tensor, square: torch.Tensor, *, n_outliers:
                         equalize: bool = False) -> ChannelParams:
     """fit_channel_params from the per-channel mean and mean square (..., d) of the samples (float32 params)."""
     mean, square = mean.double(), square.double()
-    rms = (square - mean.pow(2) if center else square).clamp_min(0).sqrt().float()
-    mean = mean.float()
+    params = params_from_rms((square - mean.pow(2) if center else square).clamp_min(0).sqrt(), n_outliers, equalize)
+    return ChannelParams(offset=mean.float() if center else None, scale=params.scale, outliers=params.outliers)
+
+
+def params_from_rms(rms: torch.Tensor, n_outliers: int = 0, equalize: bool = False) -> ChannelParams:
+    """Scale (the RMS floored at 1e-3 of the head's mean, with `equalize`) and the n_outliers largest-RMS channels."""
+    rms = rms.float()
     outliers = rms.topk(n_outliers, dim=-1).indices.sort(-1).values if n_outliers else None
     scale = rms.clamp_min(rms.mean(-1, keepdim=True) * 1e-3) if equalize else None
-    return ChannelParams(offset=mean if center else None, scale=scale, outliers=outliers)
+    return ChannelParams(scale=scale, outliers=outliers)

@@ -31,6 +31,7 @@ class FeatureMaps:
     offset: torch.Tensor | None  # (H, d) added to decoded vectors
     inv_scale: torch.Tensor | None  # (H, d) divides fresh vectors (after the offset)
     centroid_shift: torch.Tensor | None = None  # (H, d) centroid - offset: what a flagged record adds
+    position_shift: torch.Tensor | None = None  # (buckets, H, d) a position bucket's key offset - `offset`
 
     @property
     def num_features(self) -> int:
@@ -67,7 +68,8 @@ def build_feature_maps(name: str, head_dim: int, num_kv_heads: int, params: Chan
         outliers = params.outliers.cpu().expand(num_kv_heads, params.outliers.shape[-1])
         rows = torch.stack([_decoder_rows(name, head_dim, o.tolist()) for o in outliers])
     scale = _per_head(params.scale, num_kv_heads, head_dim)
-    offset = _per_head(params.offset, num_kv_heads, head_dim)
+    table = None if params.position_offset is None else params.position_offset.to(torch.float64).cpu()
+    offset = _per_head(params.offset if table is None else table[0], num_kv_heads, head_dim)
     if scale is not None:
         rows = rows.expand(num_kv_heads, *rows.shape[1:])
     encode = rows.clone()
@@ -81,6 +83,7 @@ def build_feature_maps(name: str, head_dim: int, num_kv_heads: int, params: Chan
         inv_scale=as32(None if scale is None else 1 / scale),
         centroid_shift=as32(None if params.centroid is None else
                             _per_head(params.centroid, num_kv_heads, head_dim) - (0 if offset is None else offset)),
+        position_shift=as32(None if table is None else (table - table[:1]).expand(-1, num_kv_heads, head_dim)),
     )
 
 

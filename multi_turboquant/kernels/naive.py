@@ -19,14 +19,31 @@ def check_cache(cache: torch.Tensor, layout: KVCacheLayout) -> None:
                          f"got {cache.dtype} {tuple(cache.shape)}")
 
 
+def token_positions(seq_lens: torch.Tensor, query_start_loc: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """(num_tokens,) int64: each query token's position in its sequence (whose last tokens are its queries); tokens
+    past query_start_loc[-1] (padding) get 0. No host sync."""
+    starts = query_start_loc.long()
+    index = torch.arange(num_tokens, device=starts.device)
+    seq = torch.searchsorted(starts[1:], index, right=True).clamp_max(max(seq_lens.shape[0] - 1, 0))
+    return torch.where(index < starts[-1], seq_lens.long()[seq] - (starts[seq + 1] - index), 0)
+
+
 def check_store_args(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor, slot_mapping: torch.Tensor,
-                     layout: KVCacheLayout) -> None:
-    """Raise ValueError unless the shapes fit `store`."""
+                     layout: KVCacheLayout, key_params: ChannelParams | None = None,
+                     value_params: ChannelParams | None = None, positions: torch.Tensor | None = None) -> None:
+    """Raise ValueError unless the shapes fit `store` (positions (T,) integers where the key offset needs them)."""
     check_cache(cache, layout)
     shape = (key.shape[0], layout.num_kv_heads, layout.head_dim)
     if tuple(key.shape) != shape or tuple(value.shape) != shape or tuple(slot_mapping.shape) != (key.shape[0],):
         raise ValueError(f"store: key/value must be {shape} and slot_mapping ({shape[0]},), got "
                          f"{tuple(key.shape)}, {tuple(value.shape)}, {tuple(slot_mapping.shape)}")
+    if value_params is not None and value_params.positional:
+        raise ValueError("store: a position_offset applies to keys only")
+    if key_params is not None and key_params.positional:
+        if positions is None or tuple(positions.shape) != (key.shape[0],) or positions.dtype not in (torch.int32,
+                                                                                                     torch.int64):
+            got = None if positions is None else f"{positions.dtype} {tuple(positions.shape)}"
+            raise ValueError(f"store: the key position_offset needs int positions ({key.shape[0]},), got {got}")
 
 
 def store(
@@ -37,18 +54,22 @@ def store(
     layout: KVCacheLayout,
     key_params: ChannelParams | None = None,
     value_params: ChannelParams | None = None,
+    positions: torch.Tensor | None = None,
 ) -> None:
     """Encode key/value (T, num_kv_heads, head_dim) into the slots `slot_mapping` (T,) names; slot < 0 is skipped.
 
-    Slot s is token s % block_size of block s // block_size.
+    Slot s is token s % block_size of block s // block_size. positions (T,): the tokens' positions in their
+    sequences, needed when the key params have a position_offset.
     """
-    check_store_args(key, value, cache, slot_mapping, layout)
+    check_store_args(key, value, cache, slot_mapping, layout, key_params, value_params, positions)
     keep = slot_mapping >= 0
     slots = slot_mapping[keep].long()
     if slots.numel() == 0:
         return
     if int(slots.max()) >= cache.shape[0] * layout.block_size:
         raise ValueError(f"store: slot {int(slots.max())} is beyond the cache's {cache.shape[0]} blocks")
+    if key_params is not None and key_params.positional:
+        key_params = key_params.at(positions[keep])
     k = get_format(layout.key_format).encode(key[keep], key_params)
     v = get_format(layout.value_format).encode(value[keep], value_params)
     block, offset = slots // layout.block_size, slots % layout.block_size
@@ -70,6 +91,8 @@ def gather(
     # entries past a row's own pages may be any padding value: clamp them (their tokens are sliced off below)
     slots = cache[block_table[:, :n].long().clamp(0, cache.shape[0] - 1)].transpose(2, 3)
     slots = slots.reshape(rows, -1, layout.num_kv_heads, layout.slot_bytes)[:, :length]
+    if key_params is not None and key_params.positional:  # token i of a row is at position i
+        key_params = key_params.at(torch.arange(length, device=cache.device))
     k = get_format(layout.key_format).decode(slots[..., :layout.key_bytes], layout.head_dim, torch.float32, key_params)
     v = get_format(layout.value_format).decode(slots[..., layout.key_bytes:], layout.head_dim, torch.float32,
                                                value_params)

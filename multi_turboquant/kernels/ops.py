@@ -40,20 +40,24 @@ def _warn_once(message: str) -> None:
     warnings.warn(message, stacklevel=3)
 
 
-def encode(x: torch.Tensor, name: str, params=None) -> torch.Tensor:
-    """get_format(name).encode(x, params) for (..., num_kv_heads, head_dim) x: by the store kernel on CUDA where
-    it serves the shape (same bytes, one launch instead of thousands of small torch ops), else the reference."""
+def encode(x: torch.Tensor, name: str, params=None, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """get_format(name).encode(x, params.at(positions)) for (..., num_kv_heads, head_dim) x: by the store kernel on
+    CUDA where it serves the shape (same bytes, one launch instead of thousands of small torch ops), else the
+    reference. positions (x's leading dims) are needed by a position_offset only."""
     if x.dim() >= 2:
         layout = KVCacheLayout(name, name, x.shape[-1], x.shape[-2], 1)
         mod = backend_for(x, "triton_store", layout)
         if mod is not naive:
-            return mod.encode(x, name, params)
+            return mod.encode(x, name, params, positions)
+    if params is not None and params.positional and positions is not None:
+        params = params.at(positions)
     return get_format(name).encode(x, params)
 
 
-def store(key, value, cache, slot_mapping, layout, key_params=None, value_params=None) -> None:
+def store(key, value, cache, slot_mapping, layout, key_params=None, value_params=None, positions=None) -> None:
     """See naive.store."""
-    backend_for(cache, "triton_store", layout).store(key, value, cache, slot_mapping, layout, key_params, value_params)
+    backend_for(cache, "triton_store", layout).store(key, value, cache, slot_mapping, layout, key_params, value_params,
+                                                     positions)
 
 
 def paged_attention(query, cache, layout, block_table, seq_lens, query_start_loc, scale,

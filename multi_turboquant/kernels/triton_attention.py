@@ -14,10 +14,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..formats.params import ChannelParams
+from ..formats.params import OFFSET_BUCKET, ChannelParams, offset_rows
 from .feature_space import FeatureMaps, build_feature_maps, per_head_matmul
 from .layout import KVCacheLayout
-from .naive import check_cache
+from .naive import check_cache, token_positions
 from . import triton_decode
 from .triton_common import check_head_dim
 from .triton_common import (constants, decode_record, load_parts, record_spec, softmax_state, split_range,
@@ -74,17 +74,26 @@ def _find_sequence(qsl, tile, num_seqs, TOK: tl.constexpr):
     return lo - 1
 
 
-@triton.jit(do_not_specialize=["bt_stride", "num_seqs", "num_rows", "num_splits"])  # no recompiles per batch
+@triton.jit
+def _bucket_terms(qo_ptr, q_row, row_valid, positions, num_buckets, BUCKET: tl.constexpr):
+    """(rows, keys) query . (offset of each key position's bucket - first offset) from qo (query rows, buckets)."""
+    bucket = tl.minimum(positions // BUCKET, num_buckets - 1)
+    return tl.load(qo_ptr + q_row.to(tl.int64)[:, None] * num_buckets + bucket[None, :], mask=row_valid[:, None],
+                   other=0.0)
+
+
+@triton.jit(do_not_specialize=["bt_stride", "num_seqs", "num_rows", "num_splits", "num_buckets"])
 def _attention_kernel(
-    q_ptr, qd_ptr, cache_ptr, bt_ptr, seq_lens_ptr, qsl_ptr, nk_ptr, nv_ptr, table, out_ptr, m_ptr, l_ptr,
-    bt_stride, num_seqs, num_rows, num_splits,
+    q_ptr, qd_ptr, qo_ptr, cache_ptr, bt_ptr, seq_lens_ptr, qsl_ptr, nk_ptr, nv_ptr, table, out_ptr, m_ptr, l_ptr,
+    bt_stride, num_seqs, num_rows, num_splits, num_buckets,
     HQ: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, TOK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BS: tl.constexpr, SLOT: tl.constexpr,
     KNA: tl.constexpr, KBA: tl.constexpr, KNB: tl.constexpr, KBB: tl.constexpr, KNC: tl.constexpr,
     KTURBO: tl.constexpr, KREC: tl.constexpr,
     VNA: tl.constexpr, VBA: tl.constexpr, VNB: tl.constexpr, VBB: tl.constexpr, VNC: tl.constexpr,
     VTURBO: tl.constexpr, VREC: tl.constexpr,
-    SINGLE: tl.constexpr, HAS_NEW: tl.constexpr, PREC: tl.constexpr, KCEN: tl.constexpr,
+    SINGLE: tl.constexpr, HAS_NEW: tl.constexpr, PREC: tl.constexpr, KCEN: tl.constexpr, KPOS: tl.constexpr,
+    BUCKET: tl.constexpr,
 ):
     tile = tl.program_id(0)
     h = tl.program_id(1)
@@ -122,7 +131,12 @@ def _attention_kernel(
         rows = page_base + (page * HKV * BS + j % BS) * SLOT
         ka, kb, kc, ksa, ksb, ksc, kf = decode_record(rows, valid, table, KNA, KBA, KNB, KBB, KNC, KTURBO, KREC)
         s = _scores(qa, qb, qc, ka, kb, kc, ksa, ksb, ksc, KNB, KNC, PREC)
-        if KCEN:
+        if KPOS:  # query . (key's offset - first offset); per key: a tile may cross a bucket edge
+            qo = _bucket_terms(qo_ptr, q_row, row_valid, j, num_buckets, BUCKET)
+            s += qo
+            if KCEN:
+                s += (qd[:, None] - qo) * kf[None, :]
+        elif KCEN:
             s += qd[:, None] * kf[None, :]
         va, vb, vc, vsa, vsb, vsc, _ = decode_record(rows + KREC, valid, table, VNA, VBA, VNB, VBB, VNC, VTURBO,
                                                      VREC)
@@ -139,6 +153,8 @@ def _attention_kernel(
             new_row = (q_start + jn) * HKV + h
             ka, kb, kc = load_parts(nk_ptr, new_row, valid, KNA, KNB, KNC)
             s = _scores(qa, qb, qc, ka, kb, kc, ones, ones, ones, KNB, KNC, PREC)
+            if KPOS:
+                s += _bucket_terms(qo_ptr, q_row, row_valid, first_pos + jn, num_buckets, BUCKET)
             va, vb, vc = load_parts(nv_ptr, new_row, valid, VNA, VNB, VNC)
             mask = valid[None, :] & ((first_pos + jn)[None, :] <= q_pos[:, None])
             m_i, l_i, acc_a, acc_b, acc_c = _step(s, mask, m_i, l_i, acc_a, acc_b, acc_c, va, vb, vc,
@@ -221,11 +237,14 @@ def feature_maps(name: str, layout: KVCacheLayout, params: ChannelParams | None,
     return hit[1]
 
 
-def _to_features(x: torch.Tensor, maps: FeatureMaps) -> torch.Tensor:
-    """Fresh vectors (T, Hkv, d) -> contiguous float32 features (T, Hkv, F)."""
+def _to_features(x: torch.Tensor, maps: FeatureMaps, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Fresh vectors (T, Hkv, d) at `positions` (T,) (for a position-dependent offset) -> contiguous float32
+    features (T, Hkv, F)."""
     x = x.float()
     if maps.offset is not None:
         x = x - maps.offset
+    if maps.position_shift is not None:
+        x = x - maps.position_shift[offset_rows(positions, maps.position_shift.shape[0])]
     if maps.inv_scale is not None:
         x = x * maps.inv_scale
     return per_head_matmul(x[:, :, None], maps.encode)[:, :, 0].contiguous()
@@ -320,6 +339,7 @@ def paged_attention(
     qf = torch.empty(tq, hkv, group, fk, dtype=torch.float32, device=device)
     shift = kmaps.centroid_shift
     qd = None if shift is None else torch.empty(tq, hkv, group, dtype=torch.float32, device=device)
+    qo = None if kmaps.position_shift is None else _bucket_scores(query, kmaps.position_shift, hkv, scale * LOG2E)
     fb = min(fk, _MAP_BLOCK)
     _query_kernel[(tq, hkv, fk // fb)](query, kmaps.query, qf, qf if shift is None else shift,
                                        qf if qd is None else qd, scale * LOG2E, query.stride(0), query.stride(1),
@@ -327,7 +347,10 @@ def paged_attention(
                                        MAP_STRIDE=_head_stride(kmaps.query),
                                        SHIFT_STRIDE=0 if shift is None else _head_stride(shift), PREC=prec,
                                        KCEN=shift is not None)
-    new = None if new_key is None else (_to_features(new_key, kmaps), _to_features(new_value, vmaps))
+    new = None
+    if new_key is not None:
+        positions = token_positions(seq_lens, query_start_loc, tq) if kmaps.position_shift is not None else None
+        new = (_to_features(new_key, kmaps, positions), _to_features(new_value, vmaps))
     decode = max_query_len == 1
     gpp = triton.next_power_of_2(group)  # query heads per token in a prefill tile, padded
     tok = max(1, PREFILL_ROWS // gpp)
@@ -339,17 +362,17 @@ def paged_attention(
     lse = torch.empty_like(m)
     if decode:
         triton_decode.launch(qf, cache, layout, kspec, vspec, block_table, seq_lens, query_start_loc, new,
-                             constants(device), target, m, lse, splits, qd)
+                             constants(device), target, m, lse, splits, qd, qo)
     else:
         nk, nv = new or (qf, qf)  # placeholders: never read unless HAS_NEW
         _attention_kernel[(tiles, hkv, splits)](
-            qf, qf if qd is None else qd, cache, block_table, seq_lens, query_start_loc, nk, nv, constants(device),
-            target, m, lse,
-            block_table.stride(0), num_seqs, rows, splits,
+            qf, qf if qd is None else qd, qf if qo is None else qo, cache, block_table, seq_lens, query_start_loc, nk,
+            nv, constants(device), target, m, lse,
+            block_table.stride(0), num_seqs, rows, splits, 1 if qo is None else qo.shape[-1],
             HQ=hq, HKV=hkv, G=group, GP=gpp, TOK=tok, BLOCK_M=max(16, tok * gpp), BLOCK_N=BLOCK_N,
             BS=layout.block_size, SLOT=layout.slot_bytes, **kspec.constexprs("K"), **vspec.constexprs("V"),
             SINGLE=splits == 1, HAS_NEW=new is not None, PREC="tf32" if device.type == "cuda" else "ieee",
-            KCEN=qd is not None,
+            KCEN=qd is not None, KPOS=qo is not None, BUCKET=OFFSET_BUCKET,
             num_warps=NUM_WARPS, num_stages=1,  # no software pipelining: it overflows shared memory at d = 128
         )
     feats = target[0]
@@ -364,6 +387,12 @@ def paged_attention(
                                        OFF_STRIDE=0 if offset is None or offset.shape[0] == 1 else d,
                                        HAS_OFFSET=offset is not None, PREC=prec)
     return out
+
+
+def _bucket_scores(query: torch.Tensor, shift: torch.Tensor, hkv: int, scale: float) -> torch.Tensor:
+    """(T, Hkv, G, buckets) float32: (query * scale) . shift[bucket, KV head] (shift (buckets, 1 or Hkv, d))."""
+    q = query.float().reshape(query.shape[0], hkv, -1, query.shape[-1]) * scale
+    return torch.einsum("thgd,bhd->thgb", q, shift.expand(-1, hkv, -1)).contiguous()
 
 
 def _head_stride(maps: torch.Tensor) -> int:

@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..formats.params import OFFSET_BUCKET
 from .layout import KVCacheLayout
 from .unpack_asm import program, to_ptx
 from .triton_common import (COS_AT, LEVELS_ROW, RecordSpec, load_parts, softmax_state, split_range,
@@ -214,11 +215,12 @@ def _dot(a, b, DT: tl.constexpr):
 
 
 @triton.jit
-def _attend(qa, qb, qc, q_scale, qd, ka, kb, kc, ksa, ksb, ksc, kf, va, vb, vc, vsa, vsb, vsc, live,
+def _attend(qa, qb, qc, q_scale, qd, qo, ka, kb, kc, ksa, ksb, ksc, kf, va, vb, vc, vsa, vsb, vsc, live,
             m_i, l_i, acc_a, acc_b, acc_c, KNB: tl.constexpr, KNC: tl.constexpr, VNB: tl.constexpr,
-            VNC: tl.constexpr, DT: tl.constexpr, DTV: tl.constexpr, KCEN: tl.constexpr):
+            VNC: tl.constexpr, DT: tl.constexpr, DTV: tl.constexpr, KCEN: tl.constexpr, KPOS: tl.constexpr):
     """One online-softmax step (base 2) over a tile: scores from the key levels (DT dots, record scales applied
-    to the scores; with KCEN, plus the row's query . (centroid - offset) where the key's flag kf is set),
+    to the scores; with KPOS, plus the row's query . (tile's offset - first offset) qo; with KCEN, plus
+    qd - qo, qd = query . (centroid - first offset), where the key's flag kf is set),
     accumulate value levels (DTV dots: the value weights p * record scale are bfloat16 on CUDA, whose range is
     float32's, so no record scale can overflow them)."""
     s = _dot(qa, tl.trans(ka), DT) * ksa[None, :]
@@ -227,8 +229,10 @@ def _attend(qa, qb, qc, q_scale, qd, ka, kb, kc, ksa, ksb, ksc, kf, va, vb, vc, 
     if KNC > 0:
         s += _dot(qc, tl.trans(kc), DT) * ksc[None, :]
     s = s * q_scale[:, None]
+    if KPOS:
+        s += qo[:, None]
     if KCEN:
-        s += qd[:, None] * kf[None, :]
+        s += (qd - qo)[:, None] * kf[None, :]
     s = tl.where(live[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
@@ -241,6 +245,13 @@ def _attend(qa, qb, qc, q_scale, qd, ka, kb, kc, ksa, ksb, ksc, kf, va, vb, vc, 
     if VNC > 0:
         acc_c = acc_c * alpha[:, None] + _dot((p * vsc[None, :]).to(DTV), vc, DTV)
     return m_new, l_i, acc_a, acc_b, acc_c
+
+
+@triton.jit
+def _bucket_term(qo_ptr, q_row, row_valid, position, num_buckets, BUCKET: tl.constexpr):
+    """(BLOCK_M,) query . (offset of `position`'s bucket - first offset), from the per-row table qo (rows, buckets)."""
+    bucket = tl.minimum(position // BUCKET, num_buckets - 1)
+    return tl.load(qo_ptr + q_row.to(tl.int64) * num_buckets + bucket, mask=row_valid, other=0.0)
 
 
 @triton.jit
@@ -275,8 +286,8 @@ def _slots(bt_row, page_base, t, t_hi, cached, HKV: tl.constexpr, BLOCK_N: tl.co
 
 @triton.jit(do_not_specialize=["bt_stride", "num_rows", "num_splits"])  # no recompiles as batches change
 def decode_kernel(
-    q_ptr, qd_ptr, cache_ptr, bt_ptr, seq_lens_ptr, qsl_ptr, nk_ptr, nv_ptr, table,
-    out_ptr, m_ptr, l_ptr, bt_stride, num_rows, num_splits,
+    q_ptr, qd_ptr, qo_ptr, cache_ptr, bt_ptr, seq_lens_ptr, qsl_ptr, nk_ptr, nv_ptr, table,
+    out_ptr, m_ptr, l_ptr, bt_stride, num_rows, num_splits, num_buckets,
     HQ: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BS: tl.constexpr, SLOT: tl.constexpr,
     KNA: tl.constexpr, KBA: tl.constexpr, KNB: tl.constexpr, KBB: tl.constexpr, KNC: tl.constexpr,
@@ -284,7 +295,7 @@ def decode_kernel(
     VNA: tl.constexpr, VBA: tl.constexpr, VNB: tl.constexpr, VBB: tl.constexpr, VNC: tl.constexpr,
     VTURBO: tl.constexpr, VREC: tl.constexpr,
     SINGLE: tl.constexpr, HAS_NEW: tl.constexpr, NEW_N: tl.constexpr, DT: tl.constexpr, DTV: tl.constexpr,
-    ASM: tl.constexpr, KCEN: tl.constexpr,
+    ASM: tl.constexpr, KCEN: tl.constexpr, KPOS: tl.constexpr, BUCKET: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -301,6 +312,7 @@ def decode_kernel(
         qd = tl.load(qd_ptr + q_row, mask=row_valid, other=0.0)  # query . (key centroid - offset)
     else:
         qd = tl.zeros([BLOCK_M], tl.float32)
+    qo = tl.zeros([BLOCK_M], tl.float32)
 
     cached = seq_len - 1 if HAS_NEW else seq_len
     n_tiles = tl.cdiv(cached, BLOCK_N)
@@ -321,9 +333,11 @@ def decode_kernel(
         v0, v1, v2, v3, v4, v5, v6 = _fetch(rows + KREC, valid, VNA, VBA, VNB, VBB, VNC, VTURBO, VREC)
         ka, kb, kc, ksa, ksb, ksc, kf = _record(ka0, ka1, kb0, kb1, kc0, ks0, ks1, table, KBA, KBB, KTURBO, DT, ASM)
         va, vb, vc, vsa, vsb, vsc, _ = _record(va0, va1, vb0, vb1, vc0, vs0, vs1, table, VBA, VBB, VTURBO, DTV, ASM)
-        m_i, l_i, acc_a, acc_b, acc_c = _attend(qa, qb, qc, q_scale, qd, ka, kb, kc, ksa, ksb, ksc, kf, va, vb, vc,
-                                                vsa, vsb, vsc, live, m_i, l_i, acc_a, acc_b, acc_c,
-                                                KNB, KNC, VNB, VNC, DT, DTV, KCEN)
+        if KPOS:  # a tile lies within one offset bucket (BUCKET is a multiple of BLOCK_N)
+            qo = _bucket_term(qo_ptr, q_row, row_valid, t * BLOCK_N, num_buckets, BUCKET)
+        m_i, l_i, acc_a, acc_b, acc_c = _attend(qa, qb, qc, q_scale, qd, qo, ka, kb, kc, ksa, ksb, ksc, kf, va, vb,
+                                                vc, vsa, vsb, vsc, live, m_i, l_i, acc_a, acc_b, acc_c,
+                                                KNB, KNC, VNB, VNC, DT, DTV, KCEN, KPOS)
     if HAS_NEW:
         # the fresh token (position seq_len - 1), in the last split
         jn = tl.arange(0, NEW_N)
@@ -331,9 +345,11 @@ def decode_kernel(
         row = (tok + jn) * HKV + h
         ka, kb, kc, ks = _scaled_rows(nk_ptr, row, live, KNA, KNB, KNC, DT)
         va, vb, vc, vs = _scaled_rows(nv_ptr, row, live, VNA, VNB, VNC, DTV)
-        m_i, l_i, acc_a, acc_b, acc_c = _attend(qa, qb, qc, q_scale, qd, ka, kb, kc, ks, ks, ks, ks * 0.0, va, vb,
-                                                vc, vs, vs, vs, live, m_i, l_i, acc_a, acc_b, acc_c,
-                                                KNB, KNC, VNB, VNC, DT, DTV, KCEN)
+        if KPOS:
+            qo = _bucket_term(qo_ptr, q_row, row_valid, seq_len - 1, num_buckets, BUCKET)
+        m_i, l_i, acc_a, acc_b, acc_c = _attend(qa, qb, qc, q_scale, qd, qo, ka, kb, kc, ks, ks, ks, ks * 0.0, va,
+                                                vb, vc, vs, vs, vs, live, m_i, l_i, acc_a, acc_b, acc_c,
+                                                KNB, KNC, VNB, VNC, DT, DTV, KCEN, KPOS)
     store_state(out_ptr, m_ptr, l_ptr, q_row, row_valid, split, num_rows, m_i, l_i, acc_a, acc_b, acc_c,
                 VNA, VNB, VNC, SINGLE)
 
@@ -354,32 +370,38 @@ def dot_dtype(device: torch.device) -> torch.dtype:
 def launch(qf: torch.Tensor, cache: torch.Tensor, layout: KVCacheLayout, kspec: RecordSpec, vspec: RecordSpec,
            block_table: torch.Tensor, seq_lens: torch.Tensor, query_start_loc: torch.Tensor,
            new: tuple[torch.Tensor, torch.Tensor] | None, table: torch.Tensor, target: torch.Tensor,
-           m: torch.Tensor, lse: torch.Tensor, splits: int, qd: torch.Tensor | None = None) -> None:
+           m: torch.Tensor, lse: torch.Tensor, splits: int, qd: torch.Tensor | None = None,
+           qo: torch.Tensor | None = None) -> None:
     """Run decode_kernel: qf (T, Hkv, G, F) float32 query features; new = fresh key/value features (T, Hkv, F);
-    qd (T, Hkv, G) = query . (key centroid - key offset) when the keys have a centroid.
+    qd (T, Hkv, G) = query . (key centroid - key offset) when the keys have a centroid; qo (T, Hkv, G, buckets) =
+    query . (bucket's key offset - first bucket's) when the key offset follows the position.
 
     Writes normalized features to `target` when splits == 1, else partials and their max/sum to target, m, lse.
     """
     tq, hkv, group, _ = qf.shape
     nk, nv = new or (qf, qf)  # placeholders: never read unless HAS_NEW
     decode_kernel[(seq_lens.shape[0], hkv, splits)](
-        qf, qf if qd is None else qd, cache, block_table, seq_lens, query_start_loc, nk, nv, table, target, m, lse,
-        block_table.stride(0), tq * hkv * group, splits,
+        qf, qf if qd is None else qd, qf if qo is None else qo, cache, block_table, seq_lens, query_start_loc, nk, nv,
+        table, target, m, lse, block_table.stride(0), tq * hkv * group, splits, 1 if qo is None else qo.shape[-1],
         **constexprs(layout, kspec, vspec, group, dot_dtype(qf.device), splits == 1, new is not None,
                      asm=qf.device.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1",
-                     centroid=qd is not None),
+                     centroid=qd is not None, position=qo is not None),
         num_warps=tile(kspec, vspec)[1], num_stages=1, **({"maxnreg": MAX_REGISTERS} if MAX_REGISTERS else {}),
     )
 
 
 def constexprs(layout: KVCacheLayout, kspec: RecordSpec, vspec: RecordSpec, group: int, dtype: torch.dtype,
-               single: bool, has_new: bool, asm: bool = True, centroid: bool = False) -> dict:
+               single: bool, has_new: bool, asm: bool = True, centroid: bool = False, position: bool = False) -> dict:
     """decode_kernel's compile-time arguments (also used by benchmarks/attention_registers.py); asm: unpack
     codes with the PTX programs of unpack_asm (CUDA), else with the reference path (Triton's interpreter);
-    centroid: the keys have a calibration centroid."""
+    centroid: the keys have a calibration centroid; position: their offset follows the position."""
     half = dtype == torch.float16
+    block_n = tile(kspec, vspec)[0]
+    if OFFSET_BUCKET % block_n:
+        raise ValueError(f"decode tile of {block_n} slots does not divide the offset bucket {OFFSET_BUCKET}")
     return dict(HQ=layout.num_kv_heads * group, HKV=layout.num_kv_heads, G=group,
-                BLOCK_M=max(16, triton.next_power_of_2(group)), BLOCK_N=tile(kspec, vspec)[0], BS=layout.block_size,
+                BLOCK_M=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, BS=layout.block_size,
                 SLOT=layout.slot_bytes, **kspec.constexprs("K"), **vspec.constexprs("V"), SINGLE=single,
                 HAS_NEW=has_new, NEW_N=NEW_ROWS, DT=tl.float16 if half else tl.float32,
-                DTV=tl.bfloat16 if half and asm else tl.float32, ASM=asm, KCEN=centroid)
+                DTV=tl.bfloat16 if half and asm else tl.float32, ASM=asm, KCEN=centroid,
+                KPOS=position, BUCKET=OFFSET_BUCKET)

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from ..formats.base import CALIBRATION_OVERFLOW, SUPPORTED_DTYPES
-from ..formats.params import ChannelParams
+from ..formats.params import OFFSET_BUCKET, ChannelParams
 from ..formats.registry import get_format
 from .layout import KVCacheLayout
 from .naive import check_store_args
@@ -32,18 +32,19 @@ def _encode(x_ptr, x_offs, x_sd, chan, perm, consts, out, live, ok, ROWS: tl.con
 
 
 _RUNTIME_INTS = ("rows", "num_slots", "num_heads", "block_size", "k_st", "k_sh", "k_sd", "v_st", "v_sh", "v_sd",
-                 "c_sb", "c_sh", "c_st")
+                 "c_sb", "c_sh", "c_st", "k_rows")
 
 
 @triton.jit(do_not_specialize=_RUNTIME_INTS)  # one compiled kernel per format pair, whatever the batch
-def _store_kernel(key, value, cache, slots, k_consts, k_chan, k_perm, v_consts, v_chan, v_perm,
+def _store_kernel(key, value, cache, slots, positions, k_consts, k_chan, k_perm, v_consts, v_chan, v_perm,
                   rows, num_slots, num_heads, block_size,
-                  k_st, k_sh, k_sd, v_st, v_sh, v_sd, c_sb, c_sh, c_st,
+                  k_st, k_sh, k_sd, v_st, v_sh, v_sd, c_sb, c_sh, c_st, k_rows,
                   KEY_BYTES: tl.constexpr, ROWS: tl.constexpr, LOG2D: tl.constexpr,
-                  K_K: tl.constexpr, K_BITS: tl.constexpr, K_CEN: tl.constexpr,
-                  V_K: tl.constexpr, V_BITS: tl.constexpr, V_CEN: tl.constexpr):
+                  K_K: tl.constexpr, K_BITS: tl.constexpr, K_CEN: tl.constexpr, K_POS: tl.constexpr,
+                  BUCKET: tl.constexpr, V_K: tl.constexpr, V_BITS: tl.constexpr, V_CEN: tl.constexpr):
     """Rows are (token, KV head) pairs; each program encodes ROWS of them, their key records (program_id(1) = 0)
-    or their value records (1). Loads wait for nothing but `live` (the row exists); stores need a valid slot."""
+    or their value records (1). Loads wait for nothing but `live` (the row exists); stores need a valid slot.
+    With K_POS the key channel table has k_rows rows per head, one per BUCKET positions of the token."""
     D: tl.constexpr = 1 << LOG2D
     r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     live = r < rows
@@ -53,7 +54,11 @@ def _store_kernel(key, value, cache, slots, k_consts, k_chan, k_perm, v_consts, 
     ok = live & (slot >= 0) & (slot < num_slots)
     out = cache + (slot // block_size) * c_sb + h * c_sh + (slot % block_size) * c_st
     if tl.program_id(1) == 0:
-        _encode(key, t * k_st + h * k_sh, k_sd, k_chan + h * 3 * D, k_perm + h * D, k_consts, out, live, ok,
+        k_row = h
+        if K_POS:
+            bucket = tl.minimum(tl.maximum(tl.load(positions + t, mask=live, other=0), 0) // BUCKET, k_rows - 1)
+            k_row = bucket * num_heads + h
+        _encode(key, t * k_st + h * k_sh, k_sd, k_chan + k_row * 3 * D, k_perm + h * D, k_consts, out, live, ok,
                 ROWS, LOG2D, K_K, K_BITS, K_CEN)
     else:
         _encode(value, t * v_st + h * v_sh, v_sd, v_chan + h * 3 * D, v_perm + h * D, v_consts, out + KEY_BYTES,
@@ -65,7 +70,7 @@ _TABLES: dict[tuple, tuple] = {}
 
 def _stream_tables(name: str, layout: KVCacheLayout, params: ChannelParams | None, device: torch.device) -> tuple:
     """(consts, chan, perm, has centroid) on `device` for one stream, built once per params object; chan is
-    (heads, 3, d): offset, scale, centroid."""
+    (rows, heads, 3, d): offset, scale, centroid, with one row per position_offset row (else one)."""
     key = (name, layout.head_dim, layout.num_kv_heads, str(device), id(params))
     hit = _TABLES.get(key)
     if hit is not None and hit[0] is params:
@@ -83,8 +88,12 @@ def _stream_tables(name: str, layout: KVCacheLayout, params: ChannelParams | Non
             raise ValueError(f"{name}: channel params of shape {tuple(t.shape)} do not broadcast to "
                              f"({heads}, {d})") from None
 
-    chan = torch.stack((per_head(params.offset, 0.0), per_head(params.scale, 1.0), per_head(params.centroid, 0.0)),
-                       dim=1)
+    if params.positional:
+        offsets = [per_head(row, 0.0) for row in params.position_offset]
+    else:
+        offsets = [per_head(params.offset, 0.0)]
+    chan = torch.stack([torch.stack((offset, per_head(params.scale, 1.0), per_head(params.centroid, 0.0)), dim=1)
+                        for offset in offsets])
     if fmt.family == "turboquant":
         perm = fmt._permutation(params, d, torch.device("cpu"))
         try:
@@ -119,6 +128,7 @@ def store(
     layout: KVCacheLayout,
     key_params: ChannelParams | None = None,
     value_params: ChannelParams | None = None,
+    positions: torch.Tensor | None = None,
     *,
     rows_per_program: int = 1,
     num_warps: int | None = None,
@@ -127,11 +137,12 @@ def store(
     """Encode key/value (T, num_kv_heads, head_dim) into the slots `slot_mapping` (T,) names, in one launch.
 
     Slot s is token s % block_size of block s // block_size; slots < 0 or beyond the cache are skipped.
+    positions (T,): the tokens' positions, needed by a key position_offset.
     num_warps: per program; None picks by batch size (`default_warps`). keys_only: write the key records only
     (the slots' value bytes stay as they were; `value` is still checked).
     """
     check_head_dim(layout.head_dim)
-    check_store_args(key, value, cache, slot_mapping, layout)
+    check_store_args(key, value, cache, slot_mapping, layout, key_params, value_params, positions)
     for name, t in (("key", key), ("value", value)):
         if t.dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"store: {name} dtype {t.dtype} is not float16, bfloat16 or float32")
@@ -153,12 +164,13 @@ def store(
     v_consts, v_chan, v_perm, v_cen = _stream_tables(layout.value_format, layout, value_params, cache.device)
     k_fmt, v_fmt = get_format(layout.key_format), get_format(layout.value_format)
     grid = (triton.cdiv(rows, rows_per_program), 1 if keys_only else 2)
+    k_pos = key_params is not None and key_params.positional
     _store_kernel[grid](
-        key, value, cache, slot_mapping, k_consts, k_chan, k_perm, v_consts, v_chan, v_perm,
-        rows, cache.shape[0] * layout.block_size, layout.num_kv_heads, layout.block_size,
-        *key.stride(), *value.stride(), *cache.stride()[:3],
+        key, value, cache, slot_mapping, positions if k_pos else slot_mapping, k_consts, k_chan, k_perm, v_consts,
+        v_chan, v_perm, rows, cache.shape[0] * layout.block_size, layout.num_kv_heads, layout.block_size,
+        *key.stride(), *value.stride(), *cache.stride()[:3], k_chan.shape[0],
         KEY_BYTES=layout.key_bytes, ROWS=rows_per_program, LOG2D=layout.head_dim.bit_length() - 1,
-        K_K=FAMILIES[k_fmt.family], K_BITS=_code_bits(k_fmt), K_CEN=k_cen,
+        K_K=FAMILIES[k_fmt.family], K_BITS=_code_bits(k_fmt), K_CEN=k_cen, K_POS=k_pos, BUCKET=OFFSET_BUCKET,
         V_K=FAMILIES[v_fmt.family], V_BITS=_code_bits(v_fmt), V_CEN=v_cen,
         num_warps=num_warps or default_warps(rows), enable_fp_fusion=False,
     )
@@ -170,9 +182,11 @@ def default_warps(rows: int) -> int:
     return 4 if rows <= 64 else 2 if rows <= 256 else 1
 
 
-def encode(x: torch.Tensor, name: str, params: ChannelParams | None = None) -> torch.Tensor:
+def encode(x: torch.Tensor, name: str, params: ChannelParams | None = None,
+           positions: torch.Tensor | None = None) -> torch.Tensor:
     """`KVFormat.encode` of (..., num_kv_heads, head_dim) vectors through the store kernel (byte-identical records,
-    one launch); ValueError for non-finite input, before or after calibration, as the reference."""
+    one launch); ValueError for non-finite input, before or after calibration, as the reference. positions:
+    the vectors' positions (x's leading dims), for a position_offset."""
     if x.dim() < 2:
         raise ValueError(f"{name}: encode takes (..., num_kv_heads, head_dim) vectors, got shape {tuple(x.shape)}")
     if x.dtype in SUPPORTED_DTYPES and not bool(torch.isfinite(x).all()):
@@ -182,7 +196,9 @@ def encode(x: torch.Tensor, name: str, params: ChannelParams | None = None) -> t
     flat = x.reshape(-1, heads, d)
     cache = torch.empty(layout.shape(flat.shape[0]), dtype=torch.uint8, device=x.device)
     slots = torch.arange(flat.shape[0], device=x.device)
-    store(flat, flat, cache, slots, layout, params, keys_only=True)
+    if positions is not None:
+        positions = torch.broadcast_to(positions.to(x.device), x.shape[:-2]).reshape(-1)
+    store(flat, flat, cache, slots, layout, params, positions=positions, keys_only=True)
     records = cache[:, :, 0, :layout.key_bytes]
     high = layout.key_bytes - get_format(name).flag_byte  # the scale's high byte; the kernel's NaN scale is 0x7FC0
     if bool(((records[..., high] == 0x7F) & (records[..., high - 1] == 0xC0)).any()):

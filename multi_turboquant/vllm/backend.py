@@ -20,6 +20,7 @@ from ..formats.params import ChannelParams
 from ..formats.registry import FORMATS
 from ..kernels import ops
 from ..kernels.layout import KVCacheLayout
+from ..kernels.naive import token_positions
 from . import compat, state
 
 HEAD_SIZES = list(range(MIN_HEAD_DIM, MAX_HEAD_DIM + 1, HEAD_DIM_MULTIPLE))
@@ -77,6 +78,7 @@ class MTQMetadata:
     seq_lens: torch.Tensor
     block_table: torch.Tensor
     slot_mapping: torch.Tensor
+    positions: torch.Tensor  # each scheduled token's position in its sequence (for position-dependent key offsets)
 
 
 class MTQMetadataBuilder(AttentionMetadataBuilder[MTQMetadata]):
@@ -86,6 +88,10 @@ class MTQMetadataBuilder(AttentionMetadataBuilder[MTQMetadata]):
 
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        sched = vllm_config.scheduler_config
+        # one buffer for every step: a replayed CUDA graph reads the address it was captured with
+        self._positions = torch.zeros(max(sched.max_num_batched_tokens, sched.max_num_seqs), dtype=torch.int64,
+                                      device=device)
 
     def build_for_cudagraph_capture(self, common_attn_metadata: CommonAttentionMetadata) -> MTQMetadata:
         """A captured graph serves every later context length: split the KV for the longest the model allows."""
@@ -96,6 +102,8 @@ class MTQMetadataBuilder(AttentionMetadataBuilder[MTQMetadata]):
     def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
               fast_build: bool = False) -> MTQMetadata:
         m = common_attn_metadata
+        positions = self._positions[:m.num_actual_tokens]
+        positions.copy_(token_positions(m.seq_lens, m.query_start_loc, m.num_actual_tokens))
         return MTQMetadata(
             num_actual_tokens=m.num_actual_tokens,
             max_query_len=m.max_query_len,
@@ -104,7 +112,27 @@ class MTQMetadataBuilder(AttentionMetadataBuilder[MTQMetadata]):
             seq_lens=m.seq_lens,
             block_table=m.block_table_tensor,
             slot_mapping=m.slot_mapping,
+            positions=positions,
         )
+
+
+def _max_model_len() -> int | None:
+    """The engine's max_model_len while vLLM builds the model (None outside an engine)."""
+    from vllm.config import get_current_vllm_config
+
+    model_config = getattr(get_current_vllm_config(), "model_config", None)
+    return getattr(model_config, "max_model_len", None)
+
+
+def _positions(layer_name: str, n: int) -> torch.Tensor:
+    """The first n scheduled tokens' positions, from this step's metadata (vLLM's forward context)."""
+    from vllm.forward_context import get_forward_context
+
+    meta = get_forward_context().attn_metadata
+    meta = meta.get(layer_name) if isinstance(meta, dict) else meta
+    if meta is None or meta.positions.shape[0] < n:
+        raise RuntimeError(f"multi-turboquant: no token positions for layer {layer_name} in this step's metadata")
+    return meta.positions[:n]
 
 
 class MTQAttentionImpl(AttentionImpl[MTQMetadata]):
@@ -132,13 +160,14 @@ class MTQAttentionImpl(AttentionImpl[MTQMetadata]):
         self.num_kv_heads = num_kv_heads or num_heads
         self.settings = state.settings()
         self._params: tuple[ChannelParams | None, ChannelParams | None] | None = None
+        self._max_positions = _max_model_len()
 
     def _layout(self, kv_cache: torch.Tensor) -> KVCacheLayout:
         return state.layout(self.head_size, self.num_kv_heads, kv_cache.shape[2])
 
     def _channel_params(self, layer: torch.nn.Module) -> tuple[ChannelParams | None, ChannelParams | None]:
         if self._params is None:
-            self._params = state.channel_params(layer.layer_name)
+            self._params = state.channel_params(layer.layer_name, self._max_positions)
         return self._params
 
     def do_kv_cache_update(self, layer: torch.nn.Module, key: torch.Tensor, value: torch.Tensor,
@@ -146,8 +175,11 @@ class MTQAttentionImpl(AttentionImpl[MTQMetadata]):
         n = slot_mapping.shape[0]
         shape = (n, self.num_kv_heads, self.head_size)
         key_params, value_params = self._channel_params(layer)
+        positions = None
+        if key_params is not None and key_params.positional:
+            positions = _positions(layer.layer_name, n)
         ops.store(key[:n].reshape(shape), value[:n].reshape(shape), kv_cache, slot_mapping,
-                  self._layout(kv_cache), key_params, value_params)
+                  self._layout(kv_cache), key_params, value_params, positions)
 
     def forward(self, layer: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 kv_cache: torch.Tensor, attn_metadata: MTQMetadata | None, output: torch.Tensor | None = None,

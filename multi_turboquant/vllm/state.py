@@ -52,8 +52,9 @@ def _calibration(path):
     return load_calibration(path)
 
 
-def channel_params(layer_name: str) -> tuple[ChannelParams | None, ChannelParams | None]:
-    """Key and value calibration of the layer called `layer_name`, or (None, None) without a calibration file."""
+def channel_params(layer_name: str, positions: int | None = None) -> tuple[ChannelParams | None, ChannelParams | None]:
+    """Key and value calibration of the layer called `layer_name`, or (None, None) without a calibration file;
+    a position-dependent key offset covers `positions` (the engine's max_model_len; default: the file's horizon)."""
     s = settings()
     if s.calibration is None:
         return None, None
@@ -62,4 +63,4 @@ def channel_params(layer_name: str) -> tuple[ChannelParams | None, ChannelParams
     calibration = _calibration(s.calibration)
     index = extract_layer_index(layer_name)
     key_family, value_family = (get_format(n).family for n in (s.key_format, s.value_format))
-    return calibration.layer(index, key_family)[0], calibration.layer(index, value_family)[1]
+    return calibration.layer(index, key_family, positions)[0], calibration.layer(index, value_family)[1]

@@ -105,8 +105,8 @@ def test_sink_weight_widens_the_key_scale_where_the_sink_sits_apart():
     sink = keys.mean(0)
     sink[:, 5] += 10  # the sink's key is 10 away from the mean in channel 5 only
     layer = LayerKV(keys, values, torch.ones(HEADS, D), sink)
-    (k0, v0), = fit_layers([layer], 8)
-    (k1, v1), = fit_layers([layer], 8, sink_weight=0.25)
+    (k0, v0), = fit_layers([layer], 8)[0]
+    (k1, v1), = fit_layers([layer], 8, sink_weight=0.25)[0]
     assert torch.equal(k0.offset, k1.offset) and torch.equal(k0.outliers, k1.outliers)
     assert torch.equal(v0.scale, v1.scale)
     assert torch.allclose(k1.scale[:, 5], (k0.scale[:, 5] ** 2 + 0.25 * 100).sqrt())
@@ -119,3 +119,59 @@ def test_save_creates_missing_folders_and_refuses_a_folder(tmp_path):
     assert load_calibration(path).num_layers == LAYERS
     with pytest.raises(ValueError, match="is a directory; name a file"):
         save_calibration(tmp_path, _layers(), head_dim=D, num_kv_heads=HEADS, model="m", corpus="c")
+
+
+def _rope(d: int = D, horizon: int = 1000) -> "Rope":
+    from multi_turboquant.formats.calibration import Rope
+
+    return Rope(10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d), 1.0, horizon)
+
+
+def test_position_offset_is_the_bucket_mean_of_the_turned_key_mean():
+    from multi_turboquant.formats.params import OFFSET_BUCKET
+
+    rope = _rope()
+    mean = torch.randn(HEADS, D, generator=torch.Generator().manual_seed(1))
+    table = rope.position_offset(mean, 3)
+    assert table.shape == (3, HEADS, D)
+    p = torch.arange(OFFSET_BUCKET, 2 * OFFSET_BUCKET, dtype=torch.float64)  # row 1, by brute force
+    angle = torch.cat((p[:, None] * rope.inv_freq, p[:, None] * rope.inv_freq), -1)
+    half = lambda x: torch.cat((-x[..., D // 2:], x[..., :D // 2]), -1)  # noqa: E731
+    turned = mean.double()[None] * angle.cos()[:, None] + half(mean.double()[None]) * angle.sin()[:, None]
+    assert torch.allclose(table[1].double(), turned.mean(0), atol=1e-6)
+    assert torch.allclose(table[0, :, -1], mean[:, -1], atol=0.05)  # the slowest pair hardly turns
+
+
+def test_rope_mean_round_trip_and_checks(tmp_path):
+    layers = [(ChannelParams(scale=torch.ones(HEADS, D)), ChannelParams(offset=torch.zeros(HEADS, D)))
+              for _ in range(LAYERS)]
+    means = tuple(torch.randn(HEADS, D) for _ in range(LAYERS))
+    path = tmp_path / "cal.json"
+    save_calibration(path, layers, head_dim=D, num_kv_heads=HEADS, model="m", corpus="c", rope=_rope(),
+                     rope_means=means)
+    cal = load_calibration(path)
+    key, value = cal.layer(1, "isoquant")
+    assert key.offset is None and key.position_offset.shape == (4, HEADS, D)  # 1000 positions: 4 rows
+    assert cal.layer(1, "isoquant", positions=4096)[0].position_offset.shape[0] == 16
+    assert torch.allclose(key.position_offset, _rope().position_offset(means[1], 4))
+    assert value.position_offset is None
+    with pytest.raises(ValueError, match="needs a rope"):
+        save_calibration(path, layers, head_dim=D, num_kv_heads=HEADS, model="m", corpus="c", rope_means=means)
+    offset_too = [(ChannelParams(offset=torch.zeros(HEADS, D)), None)] * LAYERS
+    with pytest.raises(ValueError, match="replaces the key offset"):
+        save_calibration(path, offset_too, head_dim=D, num_kv_heads=HEADS, model="m", corpus="c", rope=_rope(),
+                         rope_means=means)
+
+
+def test_a_position_offset_needs_positions():
+    from multi_turboquant.formats import get_format
+
+    params = ChannelParams(position_offset=torch.randn(2, HEADS, D))
+    x = torch.randn(5, HEADS, D)
+    with pytest.raises(ValueError, match="needs the vectors' positions"):
+        get_format("isoquant4").encode(x, params)
+    positions = torch.tensor([0, 255, 256, 511, 9000])
+    at = params.at(positions)
+    assert torch.equal(at.offset[2], params.position_offset[1]) and torch.equal(at.offset[4], params.position_offset[1])
+    assert torch.equal(at.offset[1], params.position_offset[0])
+    get_format("isoquant4").encode(x, at)  # resolved: a plain per-vector offset

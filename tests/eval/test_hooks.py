@@ -62,7 +62,7 @@ def test_keep_bf16_and_calibration_checks(tiny):
     model, hook = tiny
     s = Scheme("p3", format_codec("planarquant3"), format_codec("planarquant3"))
     hook.use(s, LAYERS, keep_bf16=frozenset({0}))
-    assert hook.layers[0][0](torch.ones(1, 2, D) / 3).dtype == torch.float32
+    assert hook.layers[0][0](torch.ones(1, 2, D) / 3, torch.arange(1)).dtype == torch.float32
     from multi_turboquant.formats.calibration import Calibration
     with pytest.raises(ValueError, match="calibration has 1 layers, the model 2"):
         hook.use(s, LAYERS, Calibration(D, KV_HEADS, ((None, None),)))

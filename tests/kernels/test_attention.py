@@ -53,7 +53,7 @@ class Case:
             v = torch.randn(n, hkv, d, generator=gen)
             kept = n if store_new else n - q
             slots = (self.block_table[b, :pages[b]].long()[:, None] * bs + torch.arange(bs)).reshape(-1)[:kept]
-            naive.store(k[:kept], v[:kept], self.cache, slots, layout, key_params, value_params)
+            naive.store(k[:kept], v[:kept], self.cache, slots, layout, key_params, value_params, torch.arange(kept))
             self.keys.append(k)
             self.values.append(v)
         self.seq_lens = torch.tensor(seq_lens, dtype=torch.int32)
@@ -174,6 +174,25 @@ def test_key_centroid(key_format: str, half: bool, monkeypatch: pytest.MonkeyPat
         flags = fmt.encode(torch.cat(case.keys), key_params)[..., -fmt.flag_byte] >= 0x80
         assert 0 < int(flags.sum()) < flags.numel()  # both kinds of record are read
         case.check(fresh=True, num_splits=2, **({"norm_tol": 2e-3} if half else {}))
+
+
+@pytest.mark.parametrize("key_format", ["isoquant3", "turboquant35"])
+@pytest.mark.parametrize("centroid", [False, True])
+def test_position_offset(key_format: str, centroid: bool) -> None:
+    # the key offset follows the position (one row per OFFSET_BUCKET positions): the store subtracts the token's
+    # row, the kernels add query . (row - first row) per key (per tile in decode)
+    gen = torch.Generator().manual_seed(random.randrange(1 << 30))
+    hkv, d = 2, 64
+    table = torch.randn(3, hkv, d, generator=gen)
+    scale = None if key_format.startswith("turbo") else torch.rand(hkv, d, generator=gen) + 0.5
+    key_params = ChannelParams(scale=scale, position_offset=table,
+                               centroid=0.5 + 0.2 * torch.randn(hkv, d, generator=gen) if centroid else None)
+    for q_lens in ([1, 40, 1], [1, 1, 1]):  # the prefill kernel (crossing a bucket edge), the decode kernel
+        case = Case(_layout(key_format, "planarquant4", d, hkv), seq_lens=[700, 280, 33], q_lens=q_lens, group=2,
+                    key_params=key_params, store_new=False)
+        plain = naive.paged_attention(*case.args()[:7], ChannelParams(scale=scale, offset=table[0]))
+        out = case.check(fresh=True, num_splits=2)
+        assert not torch.allclose(out.cpu(), plain, atol=1e-2)  # the rows past the first changed the result
 
 
 def test_value_centroid_is_refused() -> None:

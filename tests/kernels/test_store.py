@@ -91,6 +91,30 @@ def test_matches_reference(key_format: str, head_dim: int, with_params: bool) ->
         assert 0 < int(flags.sum()) < flags.numel()
 
 
+@pytest.mark.parametrize("key_format", ["isoquant3", "turboquant25"])
+def test_position_offset_matches_reference(key_format: str) -> None:
+    # a key offset per OFFSET_BUCKET positions: each token's row is chosen by its position (past the table: the last)
+    seed, gen = seeded()
+    layout = KVCacheLayout(key_format, "planarquant4", 64, 2, 16)
+    key, value, slots, num_blocks = batch(layout, ONE_PROGRAM // 2, gen)
+    base = random_params(key_format, 2, 64, gen, 1.0)
+    table = torch.randn(3, 2, 64, generator=gen) * 4
+    params = ChannelParams(scale=base.scale, outliers=base.outliers, centroid=base.centroid + 50, position_offset=table)
+    positions = torch.randint(0, 1000, (key.shape[0],), generator=gen)
+    poison = torch.randint(0, 256, layout.shape(num_blocks), dtype=torch.uint8, generator=gen)
+    ref = poison.clone()
+    naive.store(key, value, ref, slots, layout, params, None, positions)
+    got = poison.to(DEVICE)
+    store(key.to(DEVICE), value.to(DEVICE), got, slots.to(DEVICE), layout, params_to(params, DEVICE), None,
+          positions.to(DEVICE), rows_per_program=ONE_PROGRAM)
+    assert torch.equal(ref, got.cpu()), f"seed {seed}"
+    first_row = poison.clone()
+    naive.store(key, value, first_row, slots, layout, params, None, positions * 0)
+    assert not torch.equal(ref, first_row)  # the positions chose other rows
+    with pytest.raises(ValueError, match="needs int positions"):
+        naive.store(key, value, ref, slots, layout, params, None, None)
+
+
 def test_encode_matches_the_reference() -> None:
     # kernels.ops.encode's CUDA path (the eval's fast round trip): the store kernel into a one-slot cache
     seed, gen = seeded()
