@@ -83,13 +83,16 @@ def compute(folder: Path, horizon: int, out: Path) -> None:
     from .hooks import default_device, load_model
 
     device = default_device()
-    lm = load_model(folder, device, torch.float32 if device == "cpu" else torch.bfloat16)
+    default_dtype = torch.get_default_dtype()  # vLLM builds its model, and so calls us, under the model's dtype
+    torch.set_default_dtype(torch.float32)
     try:
+        lm = load_model(folder, device, torch.float32 if device == "cpu" else torch.bfloat16)
         ids = torch.tensor(lm.tokenizer(calibration_text()).input_ids)
         calibrate(lm, ids, WINDOW, min(MAX_OUTLIERS, lm.head_dim // 2), out, TEXT_SOURCE, sink_weight=0.0,
                   centroid=True, horizon=horizon)
-    finally:
         del lm
+    finally:
+        torch.set_default_dtype(default_dtype)
         if device == "cuda":
             torch.cuda.empty_cache()
 

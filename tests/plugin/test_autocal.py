@@ -110,10 +110,17 @@ def test_the_plugin_calibrates_once_per_process_and_only_with_a_model(tmp_path, 
     assert calls == [("m", 4096)]
 
 
-def test_a_real_calibration_of_a_tiny_model(tiny_head128, cache):
-    lines = []
-    path = autocal.auto_calibration(tiny_head128, 4096, lines.append)
-    cal = load_calibration(path)
+def test_a_real_calibration_of_a_tiny_model(tiny_head128, cache, tmp_path):
+    lines, default = [], torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # as vLLM calls it: while it builds its model in the model's dtype
+    try:
+        path = autocal.auto_calibration(tiny_head128, 4096, lines.append)
+        assert torch.get_default_dtype() == torch.bfloat16
+    finally:
+        torch.set_default_dtype(default)
+    autocal.compute(tiny_head128, 4096, tmp_path / "direct.json")
+    cal, direct = load_calibration(path), load_calibration(tmp_path / "direct.json")
+    assert all(torch.equal(a[0].scale, b[0].scale) for a, b in zip(cal.layers, direct.layers))
     assert (cal.num_layers, cal.num_kv_heads, cal.head_dim) == (2, 1, 128)
     assert cal.layer(0)[0].outliers.shape == (1, 32) and cal.layer(0)[0].centroid is not None
     assert "positions 0-4095" in cal.corpus and "CPython" in cal.corpus
