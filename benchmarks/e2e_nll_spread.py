@@ -28,7 +28,8 @@ from multi_turboquant.models import default_model  # noqa: E402
 from multi_turboquant.formats import FORMATS  # noqa: E402
 
 PROBE = ROOT / "tests" / "plugin" / "engine_probe.py"
-MIXED = {"value_format": "planarquant3", "keep_layers": [0, 29]}
+UNCALIBRATED = {"calibration": "none"}  # the bounds and their spread were measured without calibration
+MIXED = {**UNCALIBRATED, "value_format": "planarquant3", "keep_layers": [0, 29]}
 BROKEN = ("reversed", "half")
 
 
@@ -57,9 +58,9 @@ def main() -> None:
     model = default_model()
     ids = AutoTokenizer.from_pretrained(model)(load_text()[0]).input_ids
     windows = [w for s in range(a.sets) for w in spread_windows(ids, a.windows, a.tokens, s / a.sets)]
-    common = {"model": str(model), "windows": windows}
+    common = {"model": str(model), "windows": windows, "plugin_config": UNCALIBRATED}
     configs = [{"name": n, "kv_cache_dtype": n, **common} for n in ("auto", *FORMATS)]
-    configs.append({"name": "mixed", "kv_cache_dtype": "isoquant4", "plugin_config": MIXED, **common})
+    configs.append({"name": "mixed", "kv_cache_dtype": "isoquant4", **common, "plugin_config": MIXED})
     results = {}
     for threads in map(int, a.threads.split(",")):
         runs = run_probe(configs, threads)

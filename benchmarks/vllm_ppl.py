@@ -3,7 +3,8 @@
     VLLM_CPU_KVCACHE_SPACE=1 python benchmarks/vllm_ppl.py MODEL KV_CACHE_DTYPE [CALIBRATION|-] [N] [TEXT]
 
 Prints the perplexity over all tokens and over the second half (later positions). CALIBRATION is a
-`turboquant_kv.json` handed to the plugin (`additional_config={"multi_turboquant": {"calibration": ...}}`).
+`turboquant_kv.json` handed to the plugin (`additional_config={"multi_turboquant": {"calibration": ...}}`), `auto`
+(the plugin's automatic calibration) or `-` (none, the default).
 """
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ def main() -> None:
     calibration = sys.argv[3] if len(sys.argv) > 3 else "-"
     n = int(sys.argv[4]) if len(sys.argv) > 4 else 4000
     text = sys.argv[5] if len(sys.argv) > 5 else "/usr/share/common-licenses/GPL-3"
-    extra = {} if calibration == "-" else {"additional_config": {"multi_turboquant": {"calibration": calibration}}}
+    plugin = {"calibration": "none" if calibration == "-" else calibration}
     llm = LLM(model=model, kv_cache_dtype=dtype, max_model_len=max(n + 16, 2048), max_num_batched_tokens=512,
-              enable_prefix_caching=False, **extra)
+              enable_prefix_caching=False, additional_config={"multi_turboquant": plugin})
     ids = llm.get_tokenizer().encode(open(text, encoding="utf-8").read(), add_special_tokens=False)[:n]
     out = llm.generate([TokensPrompt(prompt_token_ids=ids)], SamplingParams(max_tokens=1, prompt_logprobs=0))
     nll = [-step[t].logprob for step, t in zip(out[0].prompt_logprobs[1:], ids[1:])]

@@ -138,8 +138,8 @@ def check_device(device: torch.device | str) -> torch.device:
     return dev
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
-    """A local Hugging Face causal-LM folder in float32 on `device` with the KV hook installed (never a hub
+def load_model(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """A local Hugging Face causal-LM folder in `dtype` on `device` with the KV hook installed (never a hub
     download)."""
     p = Path(path).expanduser()
     device = check_device(device)
@@ -152,6 +152,6 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
     hook = KVHook()
     AttentionInterface.register(ATTENTION_NAME, hook)  # one active hook per process: the latest load
     tok = AutoTokenizer.from_pretrained(p, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32, attn_implementation=ATTENTION_NAME,
+    model = AutoModelForCausalLM.from_pretrained(p, dtype=dtype, attn_implementation=ATTENTION_NAME,
                                                  local_files_only=True)
     return LoadedModel(tok, model.to(device).eval(), hook, p)

@@ -91,7 +91,8 @@ def add_kv_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-cache-dtype", default="isoquant4", help=f"auto or one of {', '.join(FORMATS)}")
     parser.add_argument("--value-format", help="a different format for V (default: the same as K)")
     parser.add_argument("--keep-layers", help="comma-separated layer indices kept in the model dtype")
-    parser.add_argument("--calibration", help="calibration file from `mtq calibrate`")
+    parser.add_argument("--calibration", help="calibration file from `mtq calibrate`, or none (default: auto, computed "
+                        "once per model and cached)")
     parser.add_argument("--max-model-len", type=int, default=2048)
 
 

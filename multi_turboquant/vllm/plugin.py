@@ -81,18 +81,12 @@ def _check_layer(cfg) -> None:
         raise ValueError(f"kv_cache_dtype={name!r} does not support head_size {cfg.head_size} ({e})") from None
 
 
-def _activate(vllm_config) -> state.Settings:
-    model, parallel = vllm_config.model_config, vllm_config.parallel_config
-    dims = (model.get_num_layers(parallel), model.get_num_kv_heads(parallel), model.get_head_size())
-    return state.activate(vllm_config.cache_config.cache_dtype, vllm_config.additional_config, dims)
-
-
 def _kept(index: int, vllm_config) -> bool:
-    return index in _activate(vllm_config).keep_layers
+    return index in state.activate_engine(vllm_config).keep_layers
 
 
 def _packed_spec(layer, vllm_config):
-    _activate(vllm_config)
+    state.activate_engine(vllm_config)
     block_size = vllm_config.cache_config.block_size
     return compat.packed_kv_spec(
         block_size=block_size,

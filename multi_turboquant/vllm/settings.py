@@ -1,6 +1,7 @@
 """Per-engine plugin settings, read from vLLM's `additional_config["multi_turboquant"]`."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,16 +10,20 @@ from ..formats.registry import FORMATS, get_format
 
 CONFIG_KEY = "multi_turboquant"
 KNOWN_KEYS = ("value_format", "keep_layers", "calibration")
+AUTO, NONE = "auto", "none"  # the `calibration` values that are not a file
 
 
 @dataclass(frozen=True)
 class Settings:
-    """key_format: the kv_cache_dtype; value_format: defaults to it; keep_layers: layer indices in the model dtype."""
+    """key_format: the kv_cache_dtype; value_format: defaults to it; keep_layers: layer indices in the model dtype;
+    calibration: the calibration file, if any; auto_calibration: without a file, compute one for the model (once,
+    cached on disk)."""
 
     key_format: str
     value_format: str
     keep_layers: frozenset[int] = frozenset()
     calibration: Path | None = None
+    auto_calibration: bool = False
 
     @classmethod
     def from_config(cls, cache_dtype: str, additional_config: Any) -> "Settings":
@@ -36,9 +41,17 @@ class Settings:
         keep = raw.get("keep_layers", [])
         if not isinstance(keep, (list, tuple)) or not all(isinstance(i, int) and i >= 0 for i in keep):
             raise ValueError(f"keep_layers must be a list of non-negative layer indices, got {keep!r}")
-        calibration = raw.get("calibration")
-        if calibration is not None:
-            calibration = Path(calibration).expanduser()
-            if not calibration.is_file():
-                raise ValueError(f"calibration file {str(calibration)!r} does not exist")
-        return cls(cache_dtype, value_format, frozenset(keep), calibration)
+        calibration = raw.get("calibration", AUTO)
+        if calibration in (AUTO, NONE):
+            return cls(cache_dtype, value_format, frozenset(keep), None, calibration == AUTO)
+        return cls(cache_dtype, value_format, frozenset(keep), _calibration_file(calibration))
+
+
+def _calibration_file(value: Any) -> Path:
+    """The existing file `value` names; ValueError otherwise."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise ValueError(f"calibration must be a file path, {AUTO!r} or {NONE!r}, got {value!r}")
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ValueError(f"calibration file {str(path)!r} does not exist (or use {AUTO!r} or {NONE!r})")
+    return path

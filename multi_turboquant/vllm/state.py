@@ -1,7 +1,9 @@
 """The engine's active plugin settings in this process (one engine per worker process)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
+from pathlib import Path
 
 from ..formats.params import ChannelParams
 from ..formats.registry import get_format
@@ -11,11 +13,15 @@ from .settings import Settings
 _active: Settings | None = None
 
 
-def activate(cache_dtype: str, additional_config: object, model_dims: tuple[int, int, int] | None = None) -> Settings:
+def activate(cache_dtype: str, additional_config: object, model_dims: tuple[int, int, int] | None = None,
+             model: str | None = None, max_model_len: int | None = None) -> Settings:
     """Validate and remember the settings of the engine being built; with model_dims (layers, KV heads, head_dim)
-    a calibration file is loaded and checked against the model now, at engine build."""
+    a calibration file is loaded and checked against the model now, at engine build. With the model (its folder)
+    and max_model_len, automatic calibration computes or reads the model's cached file; without, it is off."""
     global _active
     _active = Settings.from_config(cache_dtype, additional_config)
+    if _active.auto_calibration and model is not None and max_model_len is not None:
+        _active = replace(_active, calibration=_auto_calibration(model, max_model_len))
     if _active.calibration is not None and model_dims is not None:
         cal = _calibration(_active.calibration)
         if (cal.num_layers, cal.num_kv_heads, cal.head_dim) != tuple(model_dims):
@@ -25,13 +31,29 @@ def activate(cache_dtype: str, additional_config: object, model_dims: tuple[int,
     return _active
 
 
+@lru_cache(maxsize=None)
+def _auto_calibration(model: str, max_model_len: int) -> Path:
+    """The model's automatic calibration file, once per process (activate runs for every layer)."""
+    from ..eval.autocal import auto_calibration
+
+    return auto_calibration(model, horizon=max_model_len)
+
+
+def activate_engine(vllm_config) -> Settings:
+    """activate() with the dims, folder and max_model_len of vLLM's model config (none when it has no model)."""
+    model, parallel, cache = vllm_config.model_config, vllm_config.parallel_config, vllm_config.cache_config
+    if model is None:
+        return activate(cache.cache_dtype, vllm_config.additional_config)
+    dims = (model.get_num_layers(parallel), model.get_num_kv_heads(parallel), model.get_head_size())
+    return activate(cache.cache_dtype, vllm_config.additional_config, dims, model.model, model.max_model_len)
+
+
 def settings() -> Settings:
     """The active settings, read from vLLM's current config on first use."""
     if _active is None:
         from vllm.config import get_current_vllm_config
 
-        config = get_current_vllm_config()
-        return activate(config.cache_config.cache_dtype, config.additional_config)
+        return activate_engine(get_current_vllm_config())
     return _active
 
 

@@ -1,6 +1,7 @@
 """End to end on vLLM's CPU build: every format serves SmolLM2 at its packed capacity, within a teacher-forced
 quality bound, unchanged by prefix-cache hits; kept layers, another value format and chunked prefill together
-("mixed"); a head_dim-128 GQA model runs too. One subprocess runs all engines, another a deliberately broken codec.
+("mixed"); a head_dim-128 GQA model runs too, automatically calibrated (the default; the SmolLM2 engines run
+uncalibrated, as their bounds were measured). One subprocess runs all engines, another a deliberately broken codec.
 
 Quality is gated by a teacher-forced measure only: the mean NLL of real-text windows from vLLM's prompt logprobs,
 prefilled in chunks of one block so each chunk reads its context back from the packed cache. Greedy agreement with
@@ -29,7 +30,8 @@ from .conftest import text_prompts  # noqa: E402
 PROBE = Path(__file__).with_name("engine_probe.py")
 N_PROMPTS, PROMPT_TOKENS, NEW_TOKENS = 4, 48, 8
 N_WINDOWS, WINDOW_TOKENS = 2, 512
-MIXED = {"value_format": "planarquant3", "keep_layers": [0, 29]}
+UNCALIBRATED = {"calibration": "none"}  # the bounds and their spread were measured without calibration
+MIXED = {**UNCALIBRATED, "value_format": "planarquant3", "keep_layers": [0, 29]}
 # ΔNLL vs `auto` (nats/token), teacher-forced on the windows above. The spread over 5 window sets x OMP threads 1 and 2
 # is in BENCHMARKS.md ("End-to-end test bounds"; benchmarks/e2e_nll_spread.py); each bound sits well above its
 # format's largest measured value and far below the broken codecs (BROKEN_AT_LEAST: the half-zeroed codec measured
@@ -56,9 +58,10 @@ def windows(smollm2) -> list[list[int]]:
 @pytest.fixture(scope="module")
 def runs(smollm2, tiny_head128, windows, tmp_path_factory) -> dict[str, dict]:
     prompts = text_prompts(smollm2, N_PROMPTS, PROMPT_TOKENS, phase=0.5)
-    common = {"model": str(smollm2), "prompts": prompts, "max_tokens": NEW_TOKENS, "windows": windows}
+    common = {"model": str(smollm2), "prompts": prompts, "max_tokens": NEW_TOKENS, "windows": windows,
+              "plugin_config": UNCALIBRATED}
     configs = [{"name": name, "kv_cache_dtype": name, **common} for name in ("auto", *FORMATS)]
-    configs.append({"name": "mixed", "kv_cache_dtype": "isoquant4", "plugin_config": MIXED, **common})
+    configs.append({"name": "mixed", "kv_cache_dtype": "isoquant4", **common, "plugin_config": MIXED})
     tiny = {"model": str(tiny_head128), "prompts": prompts[:2], "max_tokens": 8, "max_model_len": 4096}
     configs.append({"name": "head128-turboquant35", "kv_cache_dtype": "turboquant35", **tiny})
     return run_probe(configs, tmp_path_factory.mktemp("probe"), VLLM_ENABLE_V1_MULTIPROCESSING="0")
@@ -68,7 +71,7 @@ def runs(smollm2, tiny_head128, windows, tmp_path_factory) -> dict[str, dict]:
 def broken(smollm2, windows, tmp_path_factory) -> dict:
     """isoquant4 with a store that zeroes half of each key's channels before encoding (engine in this process)."""
     config = {"name": "broken", "kv_cache_dtype": "isoquant4", "model": str(smollm2), "windows": windows[:1],
-              "break_codec": "half"}
+              "break_codec": "half", "plugin_config": UNCALIBRATED}
     return run_probe([config], tmp_path_factory.mktemp("broken"), VLLM_ENABLE_V1_MULTIPROCESSING="0")["broken"]
 
 

@@ -8,12 +8,20 @@ from multi_turboquant.vllm.settings import Settings
 
 def test_defaults_and_overrides(tmp_path):
     s = Settings.from_config("isoquant4", {})
-    assert (s.key_format, s.value_format, s.keep_layers, s.calibration) == ("isoquant4", "isoquant4", frozenset(), None)
+    assert (s.key_format, s.value_format, s.keep_layers, s.calibration, s.auto_calibration) == \
+        ("isoquant4", "isoquant4", frozenset(), None, True)
     cal = tmp_path / "turboquant_kv.json"
     cal.write_text("{}")
     s = Settings.from_config("turboquant35", {"multi_turboquant": {"value_format": "planarquant3",
                                                                     "keep_layers": [0, 29], "calibration": str(cal)}})
-    assert (s.value_format, s.keep_layers, s.calibration) == ("planarquant3", frozenset({0, 29}), cal)
+    assert (s.value_format, s.keep_layers, s.calibration, s.auto_calibration) == \
+        ("planarquant3", frozenset({0, 29}), cal, False)
+
+
+@pytest.mark.parametrize("value, auto", [("auto", True), ("none", False)])
+def test_calibration_auto_and_none(value, auto):
+    s = Settings.from_config("isoquant4", {"multi_turboquant": {"calibration": value}})
+    assert (s.calibration, s.auto_calibration) == (None, auto)
 
 
 @pytest.mark.parametrize("raw, match", [
@@ -22,6 +30,8 @@ def test_defaults_and_overrides(tmp_path):
     ({"keep_layers": "0,1"}, "keep_layers"),
     ({"keep_layers": [-1]}, "keep_layers"),
     ({"calibration": "/nonexistent/cal.json"}, "does not exist"),
+    ({"calibration": None}, "calibration must be a file path, 'auto' or 'none', got None"),
+    ({"calibration": 1}, "calibration must be a file path"),
     ("isoquant3", "must be a dict"),
 ])
 def test_bad_settings_are_named(raw, match):
