@@ -18,7 +18,7 @@ from pathlib import Path
 from ..formats.version import FORMAT_VERSION
 from ..models import cache_dir
 
-RECIPE = "auto-1"  # bump when the text, window, outliers or any other choice below changes
+RECIPE = "auto-2"  # bump when the text, window, outliers or any other choice below changes
 WINDOW = 1024
 MAX_OUTLIERS = 32
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
