@@ -190,8 +190,10 @@ def test_position_offset(key_format: str, centroid: bool) -> None:
     for q_lens in ([1, 40, 1], [1, 1, 1]):  # the prefill kernel (crossing a bucket edge), the decode kernel
         case = Case(_layout(key_format, "planarquant4", d, hkv), seq_lens=[700, 280, 33], q_lens=q_lens, group=2,
                     key_params=key_params, store_new=False)
-        plain = naive.paged_attention(*case.args()[:7], ChannelParams(scale=scale, offset=table[0]))
-        out = case.check(fresh=True, num_splits=2)
+        cpu_args = [a.cpu() if isinstance(a, torch.Tensor) else a for a in case.args()[:7]]
+        plain = naive.paged_attention(*cpu_args, ChannelParams(scale=scale, offset=table[0]))
+        # GPU: fp16 key dots, tf32 prefill dots over 700 positions measure 2.0-2.2e-3 (H200, 8 runs)
+        out = case.check(fresh=True, num_splits=2, **({"norm_tol": 5e-3} if DEVICE == "cuda" else {}))
         assert not torch.allclose(out.cpu(), plain, atol=1e-2)  # the rows past the first changed the result
 
 
