@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from multi_turboquant.formats.params import ChannelParams  # noqa: E402
+from multi_turboquant.formats.params import OFFSET_BUCKET, ChannelParams  # noqa: E402
 from multi_turboquant.formats.registry import FORMATS  # noqa: E402
 from multi_turboquant.kernels import naive  # noqa: E402
 from multi_turboquant.kernels.layout import KVCacheLayout  # noqa: E402
@@ -133,17 +133,20 @@ def check(head_dims: list[int], formats: list[str]) -> list[dict]:
         new_v = torch.cat([v[n - q:] for v, n, q in zip(vs, seq_lens, q_lens)]).bfloat16()
         exact = torch.cat([naive.attend(query[qsl[b]:qsl[b + 1]], ks[b], vs[b], d ** -0.5, n - q)
                            for b, (n, q) in enumerate(zip(seq_lens, q_lens))])
+        offset_rows = torch.randn(-(-max(seq_lens) // OFFSET_BUCKET), hkv, d, device="cuda", generator=gen)
         for key_params in (None, ChannelParams(offset=0.1 * torch.randn(hkv, d, device="cuda", generator=gen),
-                                               centroid=centroid)):
+                                               centroid=centroid),
+                           ChannelParams(position_offset=offset_rows, centroid=centroid)):
             cache = torch.full(layout.shape(sum(pages) + 1), 0xFF, dtype=torch.uint8, device="cuda")
             for k, v, s in zip(ks, vs, slots):
-                naive.store(k, v, cache, s, layout, key_params)
+                naive.store(k, v, cache, s, layout, key_params, None, torch.arange(k.shape[0], device="cuda"))
             args = (query, cache, layout, table, torch.tensor(seq_lens, device="cuda", dtype=torch.int32), qsl,
                     d ** -0.5, key_params)
             for fresh in ((False, True) if key_params is None else (True,)):
                 extra = (None, new_k, new_v) if fresh else ()
                 row = {"format": fmt, "head_dim": d, "batch": "decode" if decode else "decode+prefill",
-                       "fresh_new_tokens": fresh, "key_centroid": key_params is not None}
+                       "fresh_new_tokens": fresh, "key_centroid": key_params is not None,
+                       "key_position_offset": key_params is not None and key_params.positional}
                 try:
                     ref = naive.paged_attention(*args, *extra)
                     out = torch.full_like(query, float("nan"))
@@ -177,7 +180,8 @@ def store_fn(layout: KVCacheLayout, cache: torch.Tensor, batch: int, gen: torch.
     key = torch.randn(batch, layout.num_kv_heads, layout.head_dim, device="cuda", generator=gen).bfloat16()
     value = torch.randn_like(key)
     slots = torch.randperm(cache.shape[0] * layout.block_size, device="cuda", generator=gen)[:batch]
-    return lambda: store(key, value, cache, slots, layout, key_params)
+    positions = torch.randint(0, 32768, (batch,), device="cuda", generator=gen)
+    return lambda: store(key, value, cache, slots, layout, key_params, None, positions)
 
 
 def sweep(args: argparse.Namespace) -> list[dict]:
@@ -248,8 +252,12 @@ def run_case(args, base, d, hkv, ctx, batch, gen, flush) -> list[dict]:
         print(f"# {fmt} d={d} ctx={ctx} batch={batch}: tile {triton_decode.tile(*[record_spec(fmt, d)] * 2)} "
               "(compiling on first use)",
               flush=True)
-        key_params = ChannelParams(centroid=torch.randn(hkv, d, device="cuda", generator=gen)) \
-            if args.key_centroid else None
+        key_params = None
+        if args.key_centroid or args.key_position:
+            rows_needed = -(-ctx // OFFSET_BUCKET)
+            key_params = ChannelParams(centroid=torch.randn(hkv, d, device="cuda", generator=gen),
+                                       position_offset=torch.randn(rows_needed, hkv, d, device="cuda", generator=gen)
+                                       if args.key_position else None)
         fn = lambda: paged_attention(query, cache, layout, table, seq_lens, qsl, scale, key_params,  # noqa: E731
                                      max_query_len=1, max_seq_len=ctx, out=out)
         try:
@@ -265,19 +273,20 @@ def run_case(args, base, d, hkv, ctx, batch, gen, flush) -> list[dict]:
             print(f"store kernel failed for {fmt}: {type(e).__name__}: {e}", file=sys.stderr)
             store_us = None
         impl = (fmt if len(args.tile) == 1 else f"{fmt} (block_n {block_n}, {warps} warps)") + \
-            (" +centroid" if args.key_centroid else "")
+            (" +centroid" if args.key_centroid or args.key_position else "") + (" +position" if args.key_position else "")
         record(impl, ms, batch * ctx * hkv * layout.slot_bytes, vs_bf16=ms / bf16_ms, store_us_per_token=store_us)
         cache = None
     return rows
 
 
-CHECK_HEADER = ("| format | d | batch | fresh new tokens | key centroid | NaN | err vs reference | kernel err vs fp32 "
-                "| reference err vs fp32 | ok |\n|---|---|---|---|---|---|---|---|---|---|")
+CHECK_HEADER = ("| format | d | batch | fresh new tokens | key centroid | key offset by position | NaN | err vs reference "
+                "| kernel err vs fp32 | reference err vs fp32 | ok |\n|---|---|---|---|---|---|---|---|---|---|---|")
 CASE_HEADER = "| d | gqa | ctx | batch | impl | ms | floor MB | GB/s | × bf16 | store µs/token |\n" + "|---" * 10 + "|"
 
 
 def check_row(c: dict) -> str:
-    head = f"| {c['format']} | {c['head_dim']} | {c['batch']} | {c['fresh_new_tokens']} | {c['key_centroid']} "
+    head = (f"| {c['format']} | {c['head_dim']} | {c['batch']} | {c['fresh_new_tokens']} | {c['key_centroid']} "
+            f"| {c.get('key_position_offset', False)} ")
     if "error" in c:
         return head + f"| | | | | FAILED: {c['error']} |"
     return head + (f"| {c['nan']} | {c['err_vs_reference']:.2e} | {c['kernel_err_vs_fp32']:.4f} "
@@ -311,6 +320,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--check-only", action="store_true", help="skip the timing sweep")
     p.add_argument("--no-store", dest="store", action="store_false", help="skip the store kernel's timing")
+    p.add_argument("--key-position", action="store_true",
+                   help="time the formats with a key centroid and a position-dependent key offset")
     p.add_argument("--key-centroid", action="store_true",
                    help="time the formats with a key centroid (format version 2: the flagged keys' score term)")
     args = p.parse_args(argv)

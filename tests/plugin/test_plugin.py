@@ -171,7 +171,7 @@ def run_chunks(impl, q, k, v, chunks: list[int], block_table) -> torch.Tensor:
         impl.do_kv_cache_update(Layer(), k[done:done + n], v[done:done + n], cache, slots)
         meta = MTQMetadata(num_actual_tokens=n, max_query_len=n, max_seq_len=done + n,
                            query_start_loc=torch.tensor([0, n]), seq_lens=torch.tensor([done + n]),
-                           block_table=block_table, slot_mapping=slots)
+                           block_table=block_table, slot_mapping=slots, positions=pos)
         out = torch.full((n, 4 * 64), float("nan"))
         outs.append(impl.forward(Layer(), q[done:done + n].reshape(n, -1), None, None, cache, meta, out))
         done += n
@@ -180,6 +180,7 @@ def run_chunks(impl, q, k, v, chunks: list[int], block_table) -> torch.Tensor:
 
 def test_chunked_prefill_and_decode_match_one_prefill():
     torch.manual_seed(0)
+    state.activate("isoquant4", {})
     impl = MTQAttentionImpl(4, 64, 0.125, 2, kv_cache_dtype="isoquant4")
     q, k, v = torch.randn(40, 4, 64), torch.randn(40, 2, 64), torch.randn(40, 2, 64)
     table = torch.tensor([[5, 1, 7]], dtype=torch.int32)
