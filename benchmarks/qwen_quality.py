@@ -72,13 +72,15 @@ def eval_ids(lm: LoadedModel, windows: int, tokens: int) -> torch.Tensor:
 def render(rows: list[dict]) -> str:
     """Markdown: one line per scheme, ΔPPL % with every layer quantized and with the boundary skip."""
     by = {(r["name"], r["layers"]): r for r in rows}
-    names = list(dict.fromkeys(r["name"] for r in rows))
-    cell = lambda n, lay: f"{by[n, lay]['dppl_pct']:+.2f}" if (n, lay) in by else "–"  # noqa: E731
+
+    def cell(name: str, layers: str, key: str, fmt: str) -> str:
+        return format(by[name, layers][key], fmt) if (name, layers) in by else "–"
+
     lines = [f"| row | bits/coord | PPL ({ALL}) | ΔPPL % ({ALL}) | ΔPPL % ({SKIP}) |", "|---|---|---|---|---|"]
-    for n in names:
-        first = by.get((n, ALL)) or by[n, SKIP]
-        ppl = f"{by[n, ALL]['ppl']:.3f}" if (n, ALL) in by else "–"
-        lines.append(f"| {n} | {first['bits']:.3f} | {ppl} | {cell(n, ALL)} | {cell(n, SKIP)} |")
+    for n in dict.fromkeys(r["name"] for r in rows):
+        bits = (by.get((n, ALL)) or by[n, SKIP])["bits"]
+        lines.append(f"| {n} | {bits:.3f} | {cell(n, ALL, 'ppl', '.3f')} | {cell(n, ALL, 'dppl_pct', '+.2f')} "
+                     f"| {cell(n, SKIP, 'dppl_pct', '+.2f')} |")
     return "\n".join(lines)
 
 
