@@ -44,7 +44,8 @@ def activate_engine(vllm_config) -> Settings:
     model, parallel, cache = vllm_config.model_config, vllm_config.parallel_config, vllm_config.cache_config
     if model is None:
         return activate(cache.cache_dtype, vllm_config.additional_config)
-    dims = (model.get_num_layers(parallel), model.get_num_kv_heads(parallel), model.get_head_size())
+    # the calibration covers every KV head; each tensor-parallel rank takes its own (channel_params)
+    dims = (model.get_num_layers(parallel), model.get_total_num_kv_heads(), model.get_head_size())
     return activate(cache.cache_dtype, vllm_config.additional_config, dims, model.model, model.max_model_len)
 
 
@@ -85,4 +86,26 @@ def channel_params(layer_name: str, positions: int | None = None) -> tuple[Chann
     calibration = _calibration(s.calibration)
     index = extract_layer_index(layer_name)
     key_family, value_family = (get_format(n).family for n in (s.key_format, s.value_format))
-    return calibration.layer(index, key_family, positions)[0], calibration.layer(index, value_family)[1]
+    key, value = calibration.layer(index, key_family, positions)[0], calibration.layer(index, value_family)[1]
+    heads = rank_heads(calibration.num_kv_heads, *_tensor_parallel())
+    return tuple(None if p is None else p.map(lambda t: t[..., heads, :]) for p in (key, value))
+
+
+def rank_heads(total: int, tp_size: int, rank: int) -> list[int]:
+    """The KV heads tensor-parallel rank `rank` of `tp_size` holds, as vLLM splits them: consecutive blocks of
+    total / tp_size, or one replicated head (rank // (tp_size / total)) when there are fewer heads than ranks."""
+    if total >= tp_size:
+        if total % tp_size:
+            raise ValueError(f"{total} KV heads do not split over {tp_size} tensor-parallel ranks")
+        per = total // tp_size
+        return list(range(rank * per, (rank + 1) * per))
+    return [rank * total // tp_size]
+
+
+def _tensor_parallel() -> tuple[int, int]:
+    """(world size, rank) of this worker's tensor-parallel group; (1, 0) outside a distributed engine."""
+    from vllm.distributed import parallel_state
+
+    if not parallel_state.model_parallel_is_initialized():
+        return 1, 0
+    return parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_tensor_model_parallel_rank()

@@ -8,21 +8,40 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture(scope="session")
-def tiny_head128(smollm2: Path, tmp_path_factory) -> Path:
-    """A 2-layer Llama with random weights, head_dim 128 and GQA 4, sharing SmolLM2's tokenizer."""
+def random_llama(smollm2: Path, out: Path, key_bias: float = 0.0, **shape) -> Path:
+    """A Llama with random weights (seed 0) of the given shape at `out`, sharing SmolLM2's tokenizer; with
+    key_bias, attention biases whose key part is Gaussian with that deviation (each KV head its own key offset)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=49152, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=1, head_dim=128, max_position_embeddings=4096,
-                         bos_token_id=1, eos_token_id=2, torch_dtype="bfloat16")
-    out = tmp_path_factory.mktemp("tiny-head128")
-    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(out)
+    config = LlamaConfig(vocab_size=49152, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2,
+                         torch_dtype="bfloat16", attention_bias=bool(key_bias), **shape)
+    model = LlamaForCausalLM(config)
+    if key_bias:
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.self_attn.k_proj.bias.normal_(0.0, key_bias)
+    model.to(torch.bfloat16).save_pretrained(out)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(smollm2 / name, out / name)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_head128(smollm2: Path, tmp_path_factory) -> Path:
+    """A 2-layer Llama with random weights, head_dim 128 and GQA 4."""
+    return random_llama(smollm2, tmp_path_factory.mktemp("tiny-head128"), hidden_size=256, intermediate_size=512,
+                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=128)
+
+
+@pytest.fixture(scope="session")
+def tiny_kv8(smollm2: Path, tmp_path_factory) -> Path:
+    """A 2-layer Llama with random weights and 8 KV heads of head_dim 64 (4 per rank at tensor parallel 2), peaked
+    logits (weights 5x the usual deviation) and large key biases, so that each head's calibration matters."""
+    return random_llama(smollm2, tmp_path_factory.mktemp("tiny-kv8"), key_bias=4.0, hidden_size=512,
+                        intermediate_size=1024, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=8,
+                        head_dim=64, initializer_range=0.1)
 
 
 def corpus_ids(tokenizer_dir: Path) -> list[int]:

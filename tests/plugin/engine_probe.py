@@ -41,18 +41,14 @@ def _break_codec(kind: str) -> None:
     naive.store = broken_store
 
 
-def window_nll(llm, windows: list[list[int]]) -> list[float]:
-    """Mean NLL of each window's tokens 1..n given the tokens before them (vLLM prompt logprobs)."""
+def token_nll(llm, windows: list[list[int]]) -> list[list[float]]:
+    """Per-token NLL of each window's tokens 1..n given the tokens before them (vLLM prompt logprobs)."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
     params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
     outs = llm.generate([TokensPrompt(prompt_token_ids=w) for w in windows], params, use_tqdm=False)
-    result = []
-    for out, ids in zip(outs, windows):
-        nll = [-step[t].logprob for step, t in zip(out.prompt_logprobs[1:], ids[1:])]
-        result.append(sum(nll) / len(nll))
-    return result
+    return [[-step[t].logprob for step, t in zip(out.prompt_logprobs[1:], ids[1:])] for out, ids in zip(outs, windows)]
 
 
 def greedy(llm, prompts: list[list[int]], max_tokens: int) -> list:
@@ -72,15 +68,19 @@ def probe(config: dict) -> dict:
     llm = build_llm(config["model"], config["kv_cache_dtype"], plugin_config=config.get("plugin_config"),
                     max_model_len=config.get("max_model_len", 8192), block_size=32,
                     max_num_batched_tokens=config.get("max_num_batched_tokens", 32),
-                    max_num_seqs=8, enable_prefix_caching=True, seed=0)
+                    max_num_seqs=8, enable_prefix_caching=True, seed=0,
+                    tensor_parallel_size=config.get("tensor_parallel_size", 1))
     init_s = time.perf_counter() - start
     result = {
         "name": config["name"],
         "capacity_tokens": capacity_tokens(llm),
         "block_size": llm.llm_engine.vllm_config.cache_config.block_size,
         "init_s": round(init_s, 1),
-        "window_nll": window_nll(llm, config["windows"]) if config.get("windows") else [],
+        "token_nll": token_nll(llm, config["windows"]) if config.get("windows") else [],
     }
+    result["window_nll"] = [sum(nll) / len(nll) for nll in result["token_nll"]]
+    if not config.get("token_nll"):
+        del result["token_nll"]
     result["window_s"] = round(time.perf_counter() - start - init_s, 1)
     if config.get("prompts"):
         outs = greedy(llm, config["prompts"], config["max_tokens"])

@@ -254,3 +254,22 @@ def test_decode_batches_replay_full_cuda_graphs_split_for_the_longest_context():
     assert builder.build(0, common).max_seq_len == 7  # eager steps split for the batch's own longest context
     captured = builder.build_for_cudagraph_capture(common)
     assert captured.max_seq_len == 4096 and captured.seq_lens is common.seq_lens  # persistent buffers kept
+
+
+@pytest.mark.parametrize("total,tp,expected", [(8, 2, [[0, 1, 2, 3], [4, 5, 6, 7]]), (8, 1, [list(range(8))]),
+                                               (2, 4, [[0], [0], [1], [1]]), (1, 2, [[0], [0]])])
+def test_rank_heads_follow_vllms_split(total, tp, expected):
+    assert [state.rank_heads(total, tp, r) for r in range(tp)] == expected
+    with pytest.raises(ValueError, match="do not split"):
+        state.rank_heads(6, 4, 0)
+
+
+def test_calibration_is_sliced_per_tensor_parallel_rank(tmp_path, monkeypatch):
+    path = tmp_path / "turboquant_kv.json"
+    params = write_calibration(path, layers=4, heads=4)
+    state.activate("isoquant4", {"multi_turboquant": {"calibration": str(path)}}, (4, 4, 64))
+    whole = state.channel_params("model.layers.1.self_attn.attn")
+    monkeypatch.setattr(state, "_tensor_parallel", lambda: (2, 1))
+    key, value = state.channel_params("model.layers.1.self_attn.attn")
+    assert torch.equal(key.offset, params[1][0].offset[2:]) and torch.equal(key.scale, whole[0].scale[2:])
+    assert torch.equal(value.offset, params[1][1].offset[2:])
