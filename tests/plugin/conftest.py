@@ -37,11 +37,10 @@ def tiny_head128(smollm2: Path, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_kv8(smollm2: Path, tmp_path_factory) -> Path:
-    """A 2-layer Llama with random weights and 8 KV heads of head_dim 64 (4 per rank at tensor parallel 2), peaked
-    logits (weights 5x the usual deviation) and large key biases, so that each head's calibration matters."""
-    return random_llama(smollm2, tmp_path_factory.mktemp("tiny-kv8"), key_bias=4.0, hidden_size=512,
+    """A 2-layer Llama with random weights and 8 KV heads of head_dim 64 (4 per rank at tensor parallel 2)."""
+    return random_llama(smollm2, tmp_path_factory.mktemp("tiny-kv8"), hidden_size=512,
                         intermediate_size=1024, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=8,
-                        head_dim=64, initializer_range=0.1)
+                        head_dim=64)
 
 
 def corpus_ids(tokenizer_dir: Path) -> list[int]:
