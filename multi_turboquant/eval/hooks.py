@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from ..formats import ChannelParams
-from ..formats.calibration import FAMILY_FIELDS, Calibration
+from ..formats.calibration import FAMILY_FIELDS, Calibration, for_family
 from .codecs import BF16, Codec
 
 ATTENTION_NAME = "mtq_kv"
@@ -76,9 +76,9 @@ class KVHook:
                 self.layers[i] = (_stream(BF16, None), _stream(BF16, None))
                 continue
             streams = []
-            for j, codec in enumerate((scheme.key, scheme.value)):
-                calibrated = calibration is not None and scheme.calibrated and codec.family in FAMILY_FIELDS
-                params = calibration.layer(i, codec.family)[j] if calibrated else None
+            pair = calibration.layer(i) if calibration is not None and scheme.calibrated else (None, None)
+            for params, codec in zip(pair, (scheme.key, scheme.value)):
+                params = for_family(params, codec.family) if codec.family in FAMILY_FIELDS else None
                 streams.append(_stream(codec, _on_device(params, device)))
             self.layers[i] = tuple(streams)
 

@@ -100,14 +100,7 @@ class Calibration:
             key = ChannelParams(None, key.scale, key.outliers, key.centroid, table)
         if family is None:
             return key, value
-        if family not in FAMILY_FIELDS:
-            raise ValueError(f"unknown format family {family!r}; known: {', '.join(FAMILY_FIELDS)}")
-        keep = FAMILY_FIELDS[family]
-        return tuple(  # type: ignore[return-value]
-            None if p is None else ChannelParams(**{f: getattr(p, f) if f in keep else None
-                                                    for f in FIELDS})
-            for p in (key, value)
-        )
+        return for_family(key, family), for_family(value, family)
 
     def validate(self) -> None:
         """ValueError naming the layer and field when a tensor has the wrong shape or is not finite."""
@@ -146,6 +139,16 @@ class Calibration:
                     raise ValueError(f"{where}: outliers have shape {tuple(p.outliers.shape)}, expected "
                                      f"({self.num_kv_heads}, k)")
                 p.validate(where, self.head_dim)
+
+
+def for_family(params: ChannelParams | None, family: str) -> ChannelParams | None:
+    """`params` with only the fields format family `family` reads (FAMILY_FIELDS)."""
+    if family not in FAMILY_FIELDS:
+        raise ValueError(f"unknown format family {family!r}; known: {', '.join(FAMILY_FIELDS)}")
+    if params is None:
+        return None
+    keep = FAMILY_FIELDS[family]
+    return ChannelParams(**{f: getattr(params, f) if f in keep else None for f in FIELDS})
 
 
 def _params_json(p: ChannelParams | None, rope_mean: torch.Tensor | None = None) -> dict | None:

@@ -131,13 +131,12 @@ def _attention_kernel(
         rows = page_base + (page * HKV * BS + j % BS) * SLOT
         ka, kb, kc, ksa, ksb, ksc, kf = decode_record(rows, valid, table, KNA, KBA, KNB, KBB, KNC, KTURBO, KREC)
         s = _scores(qa, qb, qc, ka, kb, kc, ksa, ksb, ksc, KNB, KNC, PREC)
+        qo = 0.0
         if KPOS:  # query . (key's offset - first offset); per key: a tile may cross a bucket edge
             qo = _bucket_terms(qo_ptr, q_row, row_valid, j, num_buckets, BUCKET)
             s += qo
-            if KCEN:
-                s += (qd[:, None] - qo) * kf[None, :]
-        elif KCEN:
-            s += qd[:, None] * kf[None, :]
+        if KCEN:  # a flagged key's offset is the centroid instead
+            s += (qd[:, None] - qo) * kf[None, :]
         va, vb, vc, vsa, vsb, vsc, _ = decode_record(rows + KREC, valid, table, VNA, VBA, VNB, VBB, VNC, VTURBO,
                                                      VREC)
         mask = valid[None, :] & (j[None, :] <= q_pos[:, None])

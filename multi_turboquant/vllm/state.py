@@ -83,10 +83,12 @@ def channel_params(layer_name: str, positions: int | None = None) -> tuple[Chann
         return None, None
     from vllm.model_executor.models.utils import extract_layer_index
 
+    from ..formats.calibration import for_family
+
     calibration = _calibration(s.calibration)
     index = extract_layer_index(layer_name)
-    key_family, value_family = (get_format(n).family for n in (s.key_format, s.value_format))
-    key, value = calibration.layer(index, key_family, positions)[0], calibration.layer(index, value_family)[1]
+    key, value = calibration.layer(index, positions=positions)  # the key's position table is built once
+    key, value = for_family(key, get_format(s.key_format).family), for_family(value, get_format(s.value_format).family)
     heads = rank_heads(calibration.num_kv_heads, *_tensor_parallel())
     return tuple(None if p is None else p.map(lambda t: t[..., heads, :]) for p in (key, value))
 
