@@ -175,3 +175,18 @@ def test_a_position_offset_needs_positions():
     assert torch.equal(at.offset[2], params.position_offset[1]) and torch.equal(at.offset[4], params.position_offset[1])
     assert torch.equal(at.offset[1], params.position_offset[0])
     get_format("isoquant4").encode(x, at)  # resolved: a plain per-vector offset
+
+
+def test_bad_position_offsets_and_rope_are_refused():
+    from multi_turboquant.formats.calibration import Rope
+
+    with pytest.raises(ValueError, match="give offset or position_offset, not both"):
+        ChannelParams(offset=torch.zeros(HEADS, D), position_offset=torch.zeros(2, HEADS, D)).validate("k", D)
+    with pytest.raises(ValueError, match=r"position_offset must be \(rows, heads, d\)"):
+        ChannelParams(position_offset=torch.zeros(HEADS, D)).validate("k", D)
+    with pytest.raises(ValueError, match="position_offset contains NaN or Inf"):
+        ChannelParams(position_offset=torch.full((2, HEADS, D), float("nan"))).validate("k", D)
+    with pytest.raises(ValueError, match="expected inv_freq, attention_scaling and horizon"):
+        Rope.from_json({"inv_freq": [1.0]})
+    with pytest.raises(ValueError, match="horizon a positive integer"):
+        Rope.from_json({"inv_freq": [1.0], "attention_scaling": 1.0, "horizon": 0})
