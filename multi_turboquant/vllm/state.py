@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from functools import lru_cache
+from functools import lru_cache, wraps
 from pathlib import Path
 
 from ..formats.params import ChannelParams
@@ -11,6 +11,18 @@ from ..kernels.layout import KVCacheLayout
 from .settings import Settings
 
 _active: Settings | None = None
+
+
+def _on_cpu(fn):
+    """Run fn with the CPU as torch's default device. vLLM builds its model under a default CUDA device; the plugin
+    makes its tables (and the automatic calibration) on the CPU and moves each to where it is used."""
+    @wraps(fn)
+    def run(*args, **kwargs):
+        import torch
+
+        with torch.device("cpu"):
+            return fn(*args, **kwargs)
+    return run
 
 
 def activate(cache_dtype: str, additional_config: object, model_dims: tuple[int, int, int] | None = None,
@@ -39,6 +51,7 @@ def _auto_calibration(model: str, max_model_len: int) -> Path:
     return auto_calibration(model, horizon=max_model_len)
 
 
+@_on_cpu
 def activate_engine(vllm_config) -> Settings:
     """activate() with the dims, folder and max_model_len of vLLM's model config (none when it has no model)."""
     model, parallel, cache = vllm_config.model_config, vllm_config.parallel_config, vllm_config.cache_config
@@ -46,7 +59,10 @@ def activate_engine(vllm_config) -> Settings:
         return activate(cache.cache_dtype, vllm_config.additional_config)
     # the calibration covers every KV head; each tensor-parallel rank takes its own (channel_params)
     dims = (model.get_num_layers(parallel), model.get_total_num_kv_heads(), model.get_head_size())
-    return activate(cache.cache_dtype, vllm_config.additional_config, dims, model.model, model.max_model_len)
+    folder = model.model
+    if getattr(vllm_config.load_config, "load_format", None) == "dummy":
+        folder = None  # random weights: there is nothing to calibrate on, so automatic calibration is off
+    return activate(cache.cache_dtype, vllm_config.additional_config, dims, folder, model.max_model_len)
 
 
 def settings() -> Settings:
@@ -75,6 +91,7 @@ def _calibration(path):
     return load_calibration(path)
 
 
+@_on_cpu
 def channel_params(layer_name: str, positions: int | None = None) -> tuple[ChannelParams | None, ChannelParams | None]:
     """Key and value calibration of the layer called `layer_name`, or (None, None) without a calibration file;
     a position-dependent key offset covers `positions` (the engine's max_model_len; default: the file's horizon)."""

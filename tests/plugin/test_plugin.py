@@ -273,3 +273,22 @@ def test_calibration_is_sliced_per_tensor_parallel_rank(tmp_path, monkeypatch):
     key, value = state.channel_params("model.layers.1.self_attn.attn")
     assert torch.equal(key.offset, params[1][0].offset[2:]) and torch.equal(key.scale, whole[0].scale[2:])
     assert torch.equal(value.offset, params[1][1].offset[2:])
+
+
+def test_tables_are_built_on_the_cpu_under_vllms_default_device(tmp_path):
+    """vLLM builds the model under a default CUDA device; here `meta` stands in for it: the calibration's key
+    position table (and every other table) is still made on the CPU, as a standalone run makes it."""
+    from multi_turboquant.formats.calibration import Rope, load_calibration, save_calibration
+    from multi_turboquant.formats.params import ChannelParams
+
+    heads, d = 2, 64
+    path = tmp_path / "turboquant_kv.json"
+    layers = [(ChannelParams(scale=torch.ones(heads, d)), ChannelParams(offset=torch.zeros(heads, d)))] * 4
+    rope = Rope(10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d), 1.0, 1000)
+    save_calibration(path, layers, head_dim=d, num_kv_heads=heads, model="m", corpus="c", rope=rope,
+                     rope_means=tuple(torch.randn(heads, d) for _ in layers))
+    state.activate("isoquant4", {"multi_turboquant": {"calibration": str(path)}})
+    with torch.device("meta"):  # first, so that no table is cached yet
+        key, _ = state.channel_params("model.layers.1.self_attn.attn", positions=5000)
+    assert key.position_offset.device.type == "cpu"
+    assert torch.equal(key.position_offset, rope.position_offset(load_calibration(path).rope_means[1], 20))

@@ -42,3 +42,20 @@ def test_bad_settings_are_named(raw, match):
 def test_unknown_key_format():
     with pytest.raises(ValueError, match="unknown KV-cache format"):
         Settings.from_config("fp8", {})
+
+
+@pytest.mark.parametrize("load_format, auto_called", [("dummy", False), ("auto", True)])
+def test_random_weights_are_not_calibrated(monkeypatch, load_format, auto_called):
+    """load_format="dummy" (random weights, no files to read) turns automatic calibration off instead of failing."""
+    from types import SimpleNamespace
+
+    from multi_turboquant.vllm import state
+    calls = []
+    monkeypatch.setattr(state, "_auto_calibration", lambda model, horizon: calls.append(model))
+    monkeypatch.setattr(state, "_calibration", lambda path: SimpleNamespace(num_layers=2, num_kv_heads=1, head_dim=64))
+    model = SimpleNamespace(model="/some/folder", max_model_len=256, get_num_layers=lambda p: 2,
+                            get_total_num_kv_heads=lambda: 1, get_head_size=lambda: 64)
+    config = SimpleNamespace(model_config=model, parallel_config=None, cache_config=SimpleNamespace(cache_dtype="isoquant4"),
+                             additional_config={}, load_config=SimpleNamespace(load_format=load_format))
+    state.activate_engine(config)
+    assert calls == (["/some/folder"] if auto_called else [])
