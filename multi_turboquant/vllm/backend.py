@@ -90,14 +90,14 @@ class MTQMetadataBuilder(AttentionMetadataBuilder[MTQMetadata]):
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
 
     def _position_buffer(self, n: int, device: torch.device) -> torch.Tensor:
-        """n entries of one buffer kept for every step (a replayed CUDA graph reads the address it was captured
-        with), sized for the largest step the scheduler makes."""
+        """One buffer kept for every step (a replayed CUDA graph reads the address it was captured with), sized for
+        the largest step the scheduler makes and at least n."""
         buf = getattr(self, "_positions", None)
         if buf is None or buf.shape[0] < n:
             sched = getattr(self.vllm_config, "scheduler_config", None)
             size = max(n, getattr(sched, "max_num_batched_tokens", 0), getattr(sched, "max_num_seqs", 0))
             buf = self._positions = torch.zeros(size, dtype=torch.int64, device=device)
-        return buf[:n]
+        return buf  # whole: a step padded for a CUDA graph stores more rows (padding, slot -1) than it schedules
 
     def build_for_cudagraph_capture(self, common_attn_metadata: CommonAttentionMetadata) -> MTQMetadata:
         """A captured graph serves every later context length: split the KV for the longest the model allows."""
@@ -109,7 +109,7 @@ class MTQMetadataBuilder(AttentionMetadataBuilder[MTQMetadata]):
               fast_build: bool = False) -> MTQMetadata:
         m = common_attn_metadata
         positions = self._position_buffer(m.num_actual_tokens, m.seq_lens.device)
-        positions.copy_(token_positions(m.seq_lens, m.query_start_loc, m.num_actual_tokens))
+        positions[:m.num_actual_tokens].copy_(token_positions(m.seq_lens, m.query_start_loc, m.num_actual_tokens))
         return MTQMetadata(
             num_actual_tokens=m.num_actual_tokens,
             max_query_len=m.max_query_len,
@@ -133,13 +133,16 @@ def _max_model_len() -> int | None:
     return getattr(model_config, "max_model_len", None)
 
 
-def _positions(layer_name: str, n: int) -> torch.Tensor:
-    """The first n scheduled tokens' positions, from this step's metadata (vLLM's forward context)."""
+def _positions(layer_name: str, n: int, device: torch.device) -> torch.Tensor:
+    """The first n stored rows' positions, from this step's metadata (vLLM's forward context); zeros in a dummy
+    run without metadata (profiling, warm-up), whose rows are never read."""
     from vllm.forward_context import get_forward_context
 
     meta = get_forward_context().attn_metadata
     meta = meta.get(layer_name) if isinstance(meta, dict) else meta
-    if meta is None or meta.positions.shape[0] < n:
+    if meta is None:
+        return torch.zeros(n, dtype=torch.int64, device=device)
+    if meta.positions.shape[0] < n:
         raise RuntimeError(f"multi-turboquant: no token positions for layer {layer_name} in this step's metadata")
     return meta.positions[:n]
 
@@ -186,7 +189,7 @@ class MTQAttentionImpl(AttentionImpl[MTQMetadata]):
         key_params, value_params = self._channel_params(layer)
         positions = None
         if key_params is not None and key_params.positional:
-            positions = _positions(layer.layer_name, n)
+            positions = _positions(layer.layer_name, n, key.device)
         ops.store(key[:n].reshape(shape), value[:n].reshape(shape), kv_cache, slot_mapping,
                   self._layout(kv_cache), key_params, value_params, positions)
 

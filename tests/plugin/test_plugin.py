@@ -292,3 +292,27 @@ def test_tables_are_built_on_the_cpu_under_vllms_default_device(tmp_path):
         key, _ = state.channel_params("model.layers.1.self_attn.attn", positions=5000)
     assert key.position_offset.device.type == "cpu"
     assert torch.equal(key.position_offset, rope.position_offset(load_calibration(path).rope_means[1], 20))
+
+
+def test_positions_cover_padded_and_dummy_steps(monkeypatch):
+    """A step padded for a CUDA graph stores more rows than it schedules (the pads have slot -1), and a dummy run
+    (profiling, capture) may have no metadata: both get positions instead of an error."""
+    from types import SimpleNamespace
+
+    import vllm.forward_context
+
+    from multi_turboquant.vllm import backend
+
+    builder = backend.MTQMetadataBuilder.__new__(backend.MTQMetadataBuilder)
+    builder.vllm_config = SimpleNamespace(scheduler_config=SimpleNamespace(max_num_batched_tokens=8, max_num_seqs=4))
+    common = SimpleNamespace(num_actual_tokens=2, max_query_len=1, max_seq_len=7, query_start_loc=torch.arange(3),
+                             seq_lens=torch.tensor([7, 5]), block_table_tensor=torch.zeros(2, 1),
+                             slot_mapping=torch.arange(2))
+    meta = builder.build(0, common)
+    context = SimpleNamespace(attn_metadata={"layer": meta})
+    monkeypatch.setattr(vllm.forward_context, "get_forward_context", lambda: context)
+    assert backend._positions("layer", 4, torch.device("cpu"))[:2].tolist() == [6, 4]  # padded to 4 rows
+    with pytest.raises(RuntimeError, match="no token positions for layer layer"):
+        backend._positions("layer", 9, torch.device("cpu"))
+    context.attn_metadata = None
+    assert backend._positions("layer", 3, torch.device("cpu")).tolist() == [0, 0, 0]
