@@ -146,9 +146,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--concurrency", type=int, default=16)
     t.add_argument("--max-tokens", type=int, default=32, help="tokens per request (the server ignores EOS)")
     t.add_argument("--model", help="model name (default: the server's first)")
-    t.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt; request i appends ' (i)'")
-    t.add_argument("--distinct-prompts", type=int, help="request i appends ' (i mod N)' instead")
-    t.add_argument("--chat", dest="chat_frac", action="store_const", const=1.0, default=0.0, help="use /v1/chat/completions")
+    t.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt; request i appends ' (i)', or puts i in place of "
+                   "{i} if the prompt has it")
+    t.add_argument("--distinct-prompts", type=int, help="number the prompts i mod N")
+    t.add_argument("--chat", dest="chat_frac", action="store_const", const=1.0, default=0.0,
+                   help="use /v1/chat/completions")
     t.add_argument("--chat-frac", type=float, default=0.0, help="fraction of chat requests (default: 0)")
     t.add_argument("--api-key", help=f"the server's key (default: ${API_KEY_ENV})")
     faults = t.add_argument_group("faults", "fractions of the requests that misbehave; each should get its error "

@@ -157,9 +157,9 @@ class _Client:
                            "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}).encode()
         if p.kind != "malformed":
             return body
+        padded = body + b" " * max(0, self.oversized_bytes - len(body))
         return {"invalid JSON": body[:-1], "invalid UTF-8": body.replace(b'"model"', b'"mod\xffel"'),
-                "prompt past the context": body,
-                "body past the size limit": body + b" " * max(0, self.oversized_bytes - len(body))}[MALFORMED[p.variant]]
+                "prompt past the context": body, "body past the size limit": padded}[MALFORMED[p.variant]]
 
     async def send(self, p: Plan) -> Sample:
         """One streamed request; tokens from the usage the server reports (else one per text chunk)."""

@@ -39,7 +39,8 @@ def busy_server(smollm2, start_server, tmp_path_factory) -> Iterator[tuple[subpr
 def test_a_full_queue_gets_429_and_frees_when_requests_end(busy_server):
     _, url = busy_server
     assert httpx.post(f"{url}/v1/completions", json=SHORT).status_code == 401  # the key came from $MTQ_API_KEY
-    with httpx.Client(headers=AUTH, timeout=TIMEOUT_S) as first, httpx.Client(headers=AUTH, timeout=TIMEOUT_S) as second:
+    with httpx.Client(headers=AUTH, timeout=TIMEOUT_S) as first, \
+            httpx.Client(headers=AUTH, timeout=TIMEOUT_S) as second:
         with first.stream("POST", f"{url}/v1/completions", json=LONG) as running, \
                 second.stream("POST", f"{url}/v1/completions", json=LONG) as queued:
             assert running.status_code == queued.status_code == 200

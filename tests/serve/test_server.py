@@ -174,5 +174,5 @@ def test_loadtest_command(server):
                          env={**os.environ, "MTQ_API_KEY": API_KEY})
     assert out.returncode == 0, out.stdout + out.stderr
     assert "| requests (ok / failed) | 4 / 0 |" in out.stdout and "| outcome: ok | 4 |" in out.stdout
-    for row in ("requests/s", "output tokens/s", "latency p50 / p90 / p99", "time to first token"):
+    for row in ("completed requests/s", "output tokens/s", "latency p50 / p90 / p99", "time to first token"):
         assert f"| {row}" in out.stdout

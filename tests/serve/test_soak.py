@@ -24,7 +24,7 @@ DISTINCT_PROMPTS = 16  # x 2 endpoints: the requests run again alone, one at a t
 # near-tie between two tokens can flip. Prompts with clear continuations, on the float32 server, keep every text
 # equal (docs/serve.md, soak, has the counts for other prompts and for bfloat16).
 PROMPT = "Continue the sequence: {i}1, {i}2, {i}3, {i}4,"
-RSS_GROWTH_BOUND = 64 << 20  # measured: see docs/serve.md (soak)
+RSS_GROWTH_BOUND = 128 << 20  # measured 57 MiB over the soak (docs/serve.md, soak)
 
 
 def health(server: str) -> dict:
@@ -66,6 +66,6 @@ def test_soak(server, report):
     report(f"soak: {REQUESTS} requests ({dict(Counter(s.outcome for s in soak.samples))}, "
            f"{after['aborted'] - idle['aborted']} aborted in the engine) in {soak.seconds:.1f} s, "
            f"reference {len(alone)} alone in {reference.seconds:.1f} s, test {time.monotonic() - start:.1f} s; "
-           f"RSS {rss_before / 2**20:.0f} -> {body['rss_bytes'] / 2**20:.0f} MiB; KV blocks used {idle['kv_blocks_used']}"
-           f" -> {after['kv_blocks_used']} of {after['kv_blocks_total']}")
+           f"RSS {rss_before / 2**20:.0f} -> {body['rss_bytes'] / 2**20:.0f} MiB; "
+           f"KV blocks used {idle['kv_blocks_used']} -> {after['kv_blocks_used']} of {after['kv_blocks_total']}")
     assert growth < RSS_GROWTH_BOUND, growth
