@@ -52,8 +52,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _positive(name: str, value: int, minimum: int = 1) -> None:
-    if value < minimum:
+def exposure_warning(host: str, key: str | None) -> str | None:
+    """The warning for a server that anyone who reaches it over the network may use, if this one is such."""
+    if key is not None or is_loopback(host):
+        return None
+    return (f"mtq serve: warning: listening on {host} without an API key: anyone who can reach this port can use the "
+            f"model; set ${API_KEY_ENV} or --api-key")
+
+
+def _positive(name: str, value: int | None, minimum: int = 1) -> None:
+    """Refuse an option below `minimum` (None: not given)."""
+    if value is not None and value < minimum:
         raise ValueError(f"{name} must be at least {minimum} (got {value})")
 
 
@@ -61,11 +70,12 @@ def _serve(args: argparse.Namespace) -> int:
     key = api_key(args.api_key)
     _positive("--max-request-bytes", args.max_request_bytes)
     _positive("--max-queued", args.max_queued, minimum=0)
+    _positive("--max-num-seqs", args.max_num_seqs)
     path, name = _model(args)
     _check_port(args.host, args.port)
-    if key is None and not is_loopback(args.host):
-        print(f"mtq serve: warning: listening on {args.host} without an API key: anyone who can reach this port can "
-              f"use the model; set ${API_KEY_ENV} or --api-key", file=sys.stderr, flush=True)
+    warning = exposure_warning(args.host, key)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     # The engine core runs in this process, stepped by the server's engine thread: no engine subprocess (the mode
     # that works on Windows). vLLM reads this when it builds the engine.
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -98,7 +108,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _loadtest(args: argparse.Namespace) -> int:
     from .loadtest import Mix, plan, run
 
-    for name in ("requests", "concurrency", "max_tokens", "oversized_bytes"):
+    for name in ("requests", "concurrency", "max_tokens", "oversized_bytes", "distinct_prompts"):
         _positive(f"--{name.replace('_', '-')}", getattr(args, name))
     mix = Mix(args.chat_frac, args.disconnect_frac, args.malformed_frac, args.wrong_key_frac)
     plans = plan(args.requests, mix, args.prompt, args.distinct_prompts, args.seed)

@@ -231,7 +231,10 @@ async def run(url: str, plans: Sequence[Plan], concurrency: int, max_tokens: int
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout,
                                  limits=httpx.Limits(max_connections=concurrency)) as http:
-        reply = await http.get("/v1/models", headers=headers)
+        try:
+            reply = await http.get("/v1/models", headers=headers)
+        except httpx.HTTPError as exc:
+            raise ValueError(f"cannot reach {url}: {exc}") from None
         if reply.status_code != 200:
             raise ValueError(f"{url}/v1/models answered {reply.status_code}: "
                              f"{_error(reply.content).get('message', reply.text)}")

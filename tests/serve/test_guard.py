@@ -11,7 +11,7 @@ pytest.importorskip("fastapi")
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
 
-from multi_turboquant.serve.cli import api_key, is_loopback  # noqa: E402
+from multi_turboquant.serve.cli import api_key, exposure_warning, is_loopback  # noqa: E402
 from multi_turboquant.serve.guard import RETRY_AFTER_S, Guard, Limits  # noqa: E402
 from multi_turboquant.serve.protocol import APIError  # noqa: E402
 
@@ -108,8 +108,12 @@ def test_requests_past_the_in_flight_limit_are_429_with_retry_after():
 @pytest.mark.parametrize("host, loopback", [("127.0.0.1", True), ("127.0.0.2", True), ("::1", True),
                                             ("localhost", True), ("0.0.0.0", False), ("::", False),
                                             ("192.168.1.10", False), ("myhost.lan", False)])
-def test_is_loopback(host, loopback):
+def test_a_server_open_to_the_network_without_a_key_warns(host, loopback):
     assert is_loopback(host) == loopback
+    assert (exposure_warning(host, None) is None) == loopback
+    assert exposure_warning(host, KEY) is None
+    if not loopback:
+        assert host in exposure_warning(host, None) and "MTQ_API_KEY" in exposure_warning(host, None)
 
 
 def test_api_key_from_the_option_else_the_environment(monkeypatch):
