@@ -24,9 +24,10 @@ DISTINCT_PROMPTS = 16  # x 2 endpoints: the requests run again alone, one at a t
 # near-tie between two tokens can flip. Prompts with clear continuations, on the float32 server, keep every text
 # equal (docs/serve.md, soak, has the counts for other prompts and for bfloat16).
 PROMPT = "Continue the sequence: {i}1, {i}2, {i}3, {i}4,"
-# Resident memory grows over the first half (+57 and +135 MiB over a whole soak in two runs: the first batches of 32
-# size the allocators' pools); the bound is on the second half, after the first warmed the same paths.
-RSS_GROWTH_BOUND = 64 << 20  # measured: docs/serve.md, soak
+# Resident memory grows most over the first half (the first batches of 32), then by up to ~50 MiB per 100 requests
+# in vLLM's engine (the serving layer over a fake engine stays flat; docs/serve.md, soak): the bound is on the
+# second half, 2.5x the most measured there.
+RSS_GROWTH_BOUND = 128 << 20
 
 
 def health(server: str) -> dict:
