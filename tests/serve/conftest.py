@@ -25,12 +25,12 @@ def mtq_serve(model: Path, *args: str) -> list[str]:
             SERVED_NAME, "--max-model-len", str(MAX_MODEL_LEN), *args]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def server_log(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("serve") / "serve.log"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped when tests/serve is done, before other packages' tests start servers
 def server(smollm2, serving, server_log) -> Iterator[str]:
     """`mtq serve --kv-cache-dtype isoquant4` with SmolLM2 in float32 (test_soak.py says why), an API key and a
     64 KiB body limit, for test_server.py and test_soak.py; modules with a server of their own sort before them."""
