@@ -35,23 +35,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def _serving(cmd: list[str], log: Path) -> Iterator[str]:
+def _start_server(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     with log.open("w") as out:
         server = subprocess.Popen([*cmd, "--host", "127.0.0.1", "--port", str(port)], stdout=out,
-                                  stderr=subprocess.STDOUT, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+                                  stderr=subprocess.STDOUT,
+                                  env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **(env or {})})
     url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while True:
+        if server.poll() is not None:
+            raise AssertionError(log.read_text()[-4000:])
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            return server, url
+        except OSError:
+            if time.monotonic() > deadline:
+                server.kill()
+                raise AssertionError("server did not come up") from None
+            time.sleep(1)
+
+
+@contextlib.contextmanager
+def _serving(cmd: list[str], log: Path) -> Iterator[str]:
+    server, url = _start_server(cmd, log)
     try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            assert server.poll() is None, log.read_text()[-4000:]
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "server did not come up"
-                time.sleep(1)
         yield url
     finally:
         server.terminate()
@@ -66,6 +74,13 @@ def serving() -> Callable[[list[str], Path], AbstractContextManager[str]]:
     """serving(cmd, log): runs `cmd --host 127.0.0.1 --port PORT` (a free port; VLLM_CPU_KVCACHE_SPACE=1, output
     to `log`) until GET /health answers, yields its root URL, and stops it on exit."""
     return _serving
+
+
+@pytest.fixture(scope="session")
+def start_server() -> Callable[..., tuple[subprocess.Popen, str]]:
+    """start_server(cmd, log, env=None): as `serving`, with `env` added to the environment, but returns the process
+    and the URL; the caller stops the process."""
+    return _start_server
 
 
 REPORT: list[str] = []

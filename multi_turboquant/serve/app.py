@@ -6,6 +6,7 @@ import base64
 import contextlib
 import dataclasses
 import json
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
@@ -23,6 +24,7 @@ from vllm.inputs import tokens_input
 from vllm.sampling_params import RequestOutputKind
 
 from .engine_loop import EngineDead, EngineLoop, RequestRefused, RequestStream
+from .guard import Guard, Limits
 from .prompts import Prompts
 from .protocol import APIError, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, RequestT, \
     SamplingRequest, parse_request
@@ -136,8 +138,17 @@ def _engine_error(exc: EngineDead | RequestRefused) -> APIError:
     return APIError(500, f"the engine refused the request: {cause!r}", type="server_error")
 
 
-def create_app(engine: EngineLoop, model: ServedModel) -> FastAPI:
-    """The app; its lifespan starts and stops the engine thread."""
+def resident_bytes() -> int | None:
+    """This process's resident memory (Linux's /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def create_app(engine: EngineLoop, model: ServedModel, limits: Limits = Limits()) -> FastAPI:
+    """The app behind `limits`; its lifespan starts and stops the engine thread."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -148,6 +159,7 @@ def create_app(engine: EngineLoop, model: ServedModel) -> FastAPI:
             await asyncio.to_thread(engine.stop)
 
     app = FastAPI(title="mtq serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(Guard, limits=limits)
 
     @app.exception_handler(APIError)
     @app.exception_handler(EngineDead)
@@ -219,7 +231,7 @@ def create_app(engine: EngineLoop, model: ServedModel) -> FastAPI:
     @app.get("/health")
     async def health() -> JSONResponse:
         body = {"status": "ok" if engine.alive else "error", "model": model.name,
-                "engine": dataclasses.asdict(engine.stats)}
+                "engine": dataclasses.asdict(engine.stats), "rss_bytes": resident_bytes()}
         if engine.error is not None:
             body["error"] = repr(engine.error)
         return JSONResponse(body, status_code=200 if engine.alive else 503)

@@ -39,6 +39,8 @@ class EngineStats:
     rejected: int = 0
     unfinished: int = 0  # requests the engine still holds, after the last step or command
     steps: int = 0
+    kv_blocks_used: int = 0  # KV cache blocks held by requests, after the last step or command (0: not read)
+    kv_blocks_total: int = 0
 
 
 @dataclass
@@ -91,25 +93,34 @@ def _deliver(items: list[tuple[asyncio.Queue, Any]]) -> None:
 
 
 class EngineLoop:
-    """Owns `engine` (vLLM's v1 LLMEngine or anything with its add_request/abort_request/step API) in one thread."""
+    """Owns `engine` (vLLM's v1 LLMEngine or anything with its add_request/abort_request/step API) in one thread;
+    `kv_blocks` (called by that thread) reads its KV cache's blocks in use and in all."""
 
-    def __init__(self, engine: Any, name: str = "mtq-engine") -> None:
+    def __init__(self, engine: Any, name: str = "mtq-engine",
+                 kv_blocks: Callable[[], tuple[int, int]] | None = None) -> None:
         self.engine = engine
+        self._kv_blocks = kv_blocks
         self.stats = EngineStats()
         self.error: BaseException | None = None
         self._commands: queue.SimpleQueue[_Add | _Abort | _Stop] = queue.SimpleQueue()
         self._running: dict[str, _Add] = {}
         self._closed = False  # set, under _gate, by the engine thread as it ends: no command is taken after
+        self._stopping = False
         self._gate = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    def shutdown(self) -> None:
+        """Ask the thread to finish its step, fail the remaining requests (EngineDead) and end; returns at once."""
+        self._stopping = True
+        self._commands.put(_Stop())
+
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish the current step, fail the remaining requests and end the thread."""
+        """`shutdown()` and wait for the thread to end."""
         if self._thread.is_alive():
-            self._commands.put(_Stop())
+            self.shutdown()
             self._thread.join(timeout)
 
     @property
@@ -139,12 +150,15 @@ class EngineLoop:
                 self._commands.put(_Abort(add.request_id))
 
     def _dead(self) -> EngineDead:
-        return EngineDead(f"the engine failed: {self.error!r}" if self.error else "the engine is not running")
+        if self.error is not None:
+            return EngineDead(f"the engine failed: {self.error!r}")
+        return EngineDead("the server is shutting down" if self._stopping else "the engine is not running")
 
     # --- the engine thread ---
 
     def _run(self) -> None:
         try:
+            self._count()
             while True:
                 idle = not self._running
                 if not self._apply(self._commands.get() if idle else None):
@@ -152,12 +166,18 @@ class EngineLoop:
                 if self._running:
                     self._dispatch(self.engine.step())
                     self.stats.steps += 1
-                self.stats.unfinished = self.engine.get_num_unfinished_requests()
+                self._count()
         except BaseException as exc:  # the engine is unusable after a failed step
             self.error = exc
             logger.exception("the engine failed; failing every request")
         finally:
             self._fail_all(self._dead())
+
+    def _count(self) -> None:
+        """The engine's requests and KV blocks, into `stats`."""
+        self.stats.unfinished = self.engine.get_num_unfinished_requests()
+        if self._kv_blocks is not None:
+            self.stats.kv_blocks_used, self.stats.kv_blocks_total = self._kv_blocks()
 
     def _apply(self, first: _Add | _Abort | _Stop | None) -> bool:
         """Apply `first` and every queued command; False on _Stop."""

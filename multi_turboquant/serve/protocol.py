@@ -52,9 +52,7 @@ class SamplingRequest(BaseRequest):
     @field_validator("n")
     @classmethod
     def _one_choice(cls, n: int | None) -> int | None:
-        if n not in (None, 1):
-            raise ValueError("only n=1 is supported")
-        return n
+        return _only_one(n, "n")
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -84,6 +82,13 @@ class SamplingRequest(BaseRequest):
         }
 
 
+def _only_one(value: int | None, name: str) -> int | None:
+    """`value` if it asks for one choice (or is absent); `n`/`best_of` beyond 1 are refused."""
+    if value not in (None, 1):
+        raise ValueError(f"only {name}=1 is supported (got {value})")
+    return value
+
+
 def _text_or_tokens(value: Any, what: str) -> str | list[int]:
     """A prompt given as a non-empty string or a non-empty list of token ids."""
     if isinstance(value, str) and value:
@@ -94,9 +99,15 @@ def _text_or_tokens(value: Any, what: str) -> str | list[int]:
 
 
 class CompletionRequest(SamplingRequest):
-    UNSUPPORTED = ("logprobs", "echo", "suffix", "logit_bias", "best_of")
+    UNSUPPORTED = ("logprobs", "echo", "suffix", "logit_bias")
 
     prompt: Any
+    best_of: int | None = None
+
+    @field_validator("best_of")
+    @classmethod
+    def _one_candidate(cls, best_of: int | None) -> int | None:
+        return _only_one(best_of, "best_of")
 
     @field_validator("prompt", mode="before")
     @classmethod

@@ -45,3 +45,11 @@ def ideal_ratio(kv_cache_dtype: str, head_dim: int, value_format: str | None = N
     packed = get_format(kv_cache_dtype).bytes_per_vector(head_dim)
     packed += get_format(value_format or kv_cache_dtype).bytes_per_vector(head_dim)
     return 2 * head_dim * model_bytes / packed
+
+
+def kv_blocks(llm_engine) -> tuple[int, int]:
+    """(blocks in use, blocks in all) of an in-process v1 engine's KV cache, vLLM's null block aside; a freed block
+    still in the prefix cache counts as free (vLLM evicts it when it needs the block)."""
+    pool = llm_engine.engine_core.engine_core.scheduler.kv_cache_manager.block_pool
+    total = pool.num_gpu_blocks - 1
+    return total - pool.get_num_free_blocks(), total

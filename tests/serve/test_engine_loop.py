@@ -137,3 +137,40 @@ def test_engine_failure_fails_requests_and_later_ones():
     assert not loop.alive and isinstance(loop.error, RuntimeError)
     with pytest.raises(EngineDead):
         asyncio.run(tokens(loop, 0, 1))
+
+
+def test_shutdown_ends_running_streams_with_its_reason():
+    loop = EngineLoop(FakeEngine())
+    loop.start()
+
+    async def run() -> list[int]:
+        seen = []
+        with pytest.raises(EngineDead, match="shutting down"):
+            async with loop.generate(0, 1000) as stream:
+                async for output in stream:
+                    seen.append(output.token)
+                    if len(seen) == 2:
+                        loop.shutdown()
+        return seen
+
+    assert asyncio.run(run())[:2] == [1, 2]
+    loop.stop()
+    assert not loop.alive
+    with pytest.raises(EngineDead, match="shutting down"):
+        asyncio.run(tokens(loop, 0, 1))
+
+
+def test_kv_blocks_are_read_after_each_step_and_abort():
+    engine = FakeEngine()
+    loop = EngineLoop(engine, kv_blocks=lambda: (len(engine.running), 100))
+    loop.start()
+
+    async def first_two() -> list[int]:
+        async with loop.generate(0, 1000) as stream:
+            async for output in stream:
+                if output.token == 2:
+                    return [output.token]
+
+    asyncio.run(first_two())
+    loop.stop()
+    assert (loop.stats.kv_blocks_used, loop.stats.kv_blocks_total, loop.stats.aborted) == (0, 100, 1)

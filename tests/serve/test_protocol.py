@@ -37,6 +37,9 @@ def refusal(cls, body) -> APIError:
     ({"model": "m", "prompt": "x", "temperature": "0"}, "temperature", "invalid_type"),
     ({"model": "m", "prompt": "x", "top_p": 0}, "top_p", "invalid_value"),
     ({"model": "m", "prompt": "x", "n": 3}, "n", "invalid_value"),
+    ({"model": "m", "prompt": "x", "n": 0}, "n", "invalid_value"),
+    ({"model": "m", "prompt": "x", "best_of": 2}, "best_of", "invalid_value"),
+    ({"model": "m", "prompt": "x", "best_of": "1"}, "best_of", "invalid_type"),
     ({"model": "m", "prompt": "x", "stop": ["a"] * 5}, "stop", "invalid_value"),
     ({"model": "m", "prompt": "x", "stop": 5}, "stop", "invalid_value"),
     ({"model": "m", "prompt": "x", "stop": [""]}, "stop", "invalid_value"),
@@ -54,7 +57,7 @@ def test_completion_refusals(body, param, code):
 def test_completion_accepts_openai_prompt_forms_and_ignores_unknown_fields():
     for prompt, parsed in (("hi", "hi"), (["hi"], "hi"), ([1, 2], [1, 2]), ([[1, 2]], [1, 2])):
         assert parse(CompletionRequest, {"model": "m", "prompt": prompt, "user": "me"}).prompt == parsed
-    req = parse(CompletionRequest, {"model": "m", "prompt": "x", "temperature": 0, "stop": "\n", "n": 1,
+    req = parse(CompletionRequest, {"model": "m", "prompt": "x", "temperature": 0, "stop": "\n", "n": 1, "best_of": 1,
                                     "logprobs": None, "stream": True, "stream_options": {"include_usage": True}})
     assert req.sampling_kwargs() == {"temperature": 0.0, "top_p": 1.0, "presence_penalty": 0.0,
                                      "frequency_penalty": 0.0, "seed": None, "stop": ["\n"], "ignore_eos": False}
