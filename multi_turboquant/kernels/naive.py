@@ -99,14 +99,33 @@ def gather(
     return k, v
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, first_position: int) -> torch.Tensor:
-    """Causal GQA attention in float32: q (n, Hq, D) at positions first_position.. over k, v (L, Hkv, D)."""
+def check_window(window: int | None) -> None:
+    """ValueError unless `window` is None (full attention) or a positive int."""
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        raise ValueError(f"sliding window must be None or a positive int (keys per query), got {window!r}")
+
+
+def window_start(position: int, window: int | None) -> int:
+    """The first key position a query at `position` sees: position - window + 1 (vLLM's window: flash-attn's
+    window_size=(window - 1, 0)), or 0."""
+    return 0 if window is None else max(position - window + 1, 0)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, first_position: int,
+           window: int | None = None) -> torch.Tensor:
+    """Causal GQA attention in float32: q (n, Hq, D) at positions first_position.. over k, v (L, Hkv, D) at
+    positions 0..L-1; with a sliding window, a query at p sees keys p - window + 1 .. p only (keys before the
+    first query's window are never read: vLLM may have freed their pages)."""
+    start = window_start(first_position, window)
     group = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(group, dim=1)
-    v = v.repeat_interleave(group, dim=1)
+    k = k[start:].repeat_interleave(group, dim=1)
+    v = v[start:].repeat_interleave(group, dim=1)
     scores = torch.einsum("qhd,khd->hqk", q.float(), k) * scale
     q_pos = first_position + torch.arange(q.shape[0], device=q.device)
-    mask = torch.arange(k.shape[0], device=q.device)[None, :] > q_pos[:, None]
+    k_pos = start + torch.arange(k.shape[0], device=q.device)
+    mask = k_pos[None, :] > q_pos[:, None]
+    if window is not None:
+        mask |= k_pos[None, :] <= q_pos[:, None] - window
     scores = scores.masked_fill(mask, float("-inf"))
     return torch.einsum("hqk,khd->qhd", scores.softmax(dim=-1), v)
 
@@ -123,15 +142,18 @@ def paged_attention(
     value_params: ChannelParams | None = None,
     new_key: torch.Tensor | None = None,
     new_value: torch.Tensor | None = None,
+    window: int | None = None,
 ) -> torch.Tensor:
     """Causal attention of query (Tq, Hq, head_dim) over the paged cache; returns (Tq, Hq, head_dim) in query's dtype.
 
     Sequence b owns queries query_start_loc[b]:query_start_loc[b+1], the last tokens of its seq_lens[b]
     tokens (so decode, prefill and chunked prefill are one case). Its context is read from the packed
     cache through block_table[b]; when new_key/new_value (Tq, num_kv_heads, head_dim) are given, the
-    sequence's own new tokens use them instead of their packed records.
+    sequence's own new tokens use them instead of their packed records. window: a sliding window (see attend);
+    pages wholly before a sequence's first query's window are never read (vLLM frees them).
     """
     check_cache(cache, layout)
+    check_window(window)
     if query.shape[1] % layout.num_kv_heads:
         raise ValueError(f"{query.shape[1]} query heads are not a multiple of {layout.num_kv_heads} KV heads")
     out = torch.empty_like(query)
@@ -145,5 +167,5 @@ def paged_attention(
         if new_key is not None:
             k = torch.cat([k, new_key[starts[b]:starts[b + 1]].float()])
             v = torch.cat([v, new_value[starts[b]:starts[b + 1]].float()])
-        out[starts[b]:starts[b + 1]] = attend(q, k, v, scale, length - n_new[b]).to(query.dtype)
+        out[starts[b]:starts[b + 1]] = attend(q, k, v, scale, length - n_new[b], window).to(query.dtype)
     return out

@@ -19,6 +19,7 @@ LEVELS_ROW = 16
 COS_AT, SIN_AT, BETA_AT = 5 * LEVELS_ROW, 5 * LEVELS_ROW + 256, 5 * LEVELS_ROW + 512
 _COS, _SIN, _BETA = tl.constexpr(COS_AT), tl.constexpr(SIN_AT), tl.constexpr(BETA_AT)
 SUPPORTED_HEAD_DIMS = (32, 64, 128, 256)
+NO_WINDOW = 1 << 30  # the kernels' sliding window for full attention: longer than any sequence
 
 
 @dataclass(frozen=True)

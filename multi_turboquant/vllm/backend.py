@@ -22,6 +22,7 @@ from ..kernels import ops
 from ..kernels.layout import KVCacheLayout
 from ..kernels.naive import token_positions
 from . import compat, state
+from .plugin import SINKS_REFUSED
 
 HEAD_SIZES = list(range(MIN_HEAD_DIM, MAX_HEAD_DIM + 1, HEAD_DIM_MULTIPLE))
 
@@ -45,6 +46,10 @@ class MTQAttentionBackend(AttentionBackend):
     @classmethod
     def get_supported_head_sizes(cls) -> list[int]:
         return HEAD_SIZES
+
+    @classmethod
+    def supports_sliding_window(cls) -> bool:
+        return True
 
     @classmethod
     def supports_attn_type(cls, attn_type: str) -> bool:
@@ -154,10 +159,9 @@ class MTQAttentionImpl(AttentionImpl[MTQMetadata]):
                  **kwargs) -> None:
         unsupported = {
             "ALiBi": alibi_slopes is not None,
-            "sliding-window attention": sliding_window is not None,
             "logits soft-capping": bool(logits_soft_cap),
             "cross-layer KV sharing": kv_sharing_target_layer_name is not None,
-            "attention sinks": kwargs.get("sinks") is not None,
+            SINKS_REFUSED: kwargs.get("sinks") is not None,
             f"attention type {attn_type}": attn_type != AttentionType.DECODER,
         }
         refused = [name for name, hit in unsupported.items() if hit]
@@ -167,6 +171,7 @@ class MTQAttentionImpl(AttentionImpl[MTQMetadata]):
         self.head_size = head_size
         self.scale = scale
         self.num_kv_heads = num_kv_heads or num_heads
+        self.sliding_window = sliding_window  # a query at p sees keys p - sliding_window + 1 .. p, as in vLLM
         self.settings = state.settings()
         self._params: tuple[ChannelParams | None, ChannelParams | None] | None = None
         self._max_positions = _max_model_len()
@@ -199,7 +204,8 @@ class MTQAttentionImpl(AttentionImpl[MTQMetadata]):
             return output
         n = attn_metadata.num_actual_tokens
         key_params, value_params = self._channel_params(layer)
-        kwargs = {"max_query_len": attn_metadata.max_query_len, "max_seq_len": attn_metadata.max_seq_len}
+        kwargs = {"max_query_len": attn_metadata.max_query_len, "max_seq_len": attn_metadata.max_seq_len,
+                  "window": self.sliding_window}
         target = output[:n]
         if target.is_contiguous() and target.is_cuda:  # the kernels write the output in place
             kwargs["out"] = target.view(n, self.num_heads, self.head_size)

@@ -43,7 +43,8 @@ class Case:
         self.cache = torch.full(layout.shape(num_blocks), 0xFF, dtype=torch.uint8)
         perm = torch.randperm(num_blocks, generator=gen)
         # entries beyond a sequence's pages name an unused page of 0xFF records (NaN if ever read)
-        self.block_table = torch.full((len(seq_lens), max(pages) + 1), int(perm[-1]), dtype=torch.int32)
+        self.poisoned_page = int(perm[-1])
+        self.block_table = torch.full((len(seq_lens), max(pages) + 1), self.poisoned_page, dtype=torch.int32)
         self.keys, self.values = [], []
         used = 0
         for b, (n, q) in enumerate(zip(seq_lens, q_lens)):
@@ -62,6 +63,14 @@ class Case:
         self.new_key = torch.cat([k[n - q:] for k, n, q in zip(self.keys, seq_lens, q_lens)])
         self.new_value = torch.cat([v[n - q:] for v, n, q in zip(self.values, seq_lens, q_lens)])
 
+    def free_before_window(self, window: int) -> None:
+        """Point the pages wholly before each sequence's first query's window at the poisoned page, as vLLM's
+        sliding-window manager points them at its null block: reading one gives NaN."""
+        starts = self.query_start_loc.tolist()
+        for b, n in enumerate(self.seq_lens.tolist()):
+            first = naive.window_start(n - (starts[b + 1] - starts[b]), window)
+            self.block_table[b, :first // self.layout.block_size] = self.poisoned_page
+
     def args(self, dtype: torch.dtype = torch.float32, fresh: bool = False) -> tuple:
         new = (self.new_key.to(DEVICE, dtype), self.new_value.to(DEVICE, dtype)) if fresh else (None, None)
         return (self.query.to(DEVICE, dtype), self.cache.to(DEVICE), self.layout, self.block_table.to(DEVICE),
@@ -73,7 +82,8 @@ class Case:
         """Kernel vs reference elementwise within tol, or, given norm_tol, by ||out - ref|| / ||ref|| (for float16
         dots, whose rounding moves single elements by more than a tight elementwise bound allows)."""
         args = self.args(dtype, fresh)
-        ref = naive.paged_attention(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
+        ref = naive.paged_attention(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args),
+                                    window=kw.get("window"))
         out = torch.full_like(args[0], float("nan"))
         got = paged_attention(*args, out=out, **kw)
         assert got is out
@@ -223,6 +233,51 @@ def test_nan_is_never_hidden() -> None:
     assert out[0, 2:].isnan().all() and not out[0, :2].isnan().any()
 
 
+def test_reference_window_boundary() -> None:
+    # vLLM's window (flash-attn window_size=(W - 1, 0)): a query at p sees keys p - W + 1 .. p. With a zero query
+    # every visible key weighs the same, so a value equal to its key's position averages the visible positions.
+    positions = torch.arange(40, dtype=torch.float32)
+    v = positions[:, None, None].expand(40, 1, 16)
+    for window in (1, 2, 7, 40, 100):
+        for first, n in ((0, 40), (30, 10), (39, 1)):
+            out = naive.attend(torch.zeros(n, 2, 16), torch.zeros(40, 1, 16), v[:first + n], 1.0, first, window)
+            q_pos = first + torch.arange(n)
+            lo = (q_pos - window + 1).clamp_min(0)
+            torch.testing.assert_close(out[:, :, 0], ((lo + q_pos) / 2.0)[:, None].expand(n, 2))
+
+
+WINDOW_CASES = {  # seq_lens, q_lens, fresh: decode (the decode kernel), prefill and chunked prefill with a decode
+    "decode": ([200, 37, 130, 1], [1, 1, 1, 1], False),
+    "decode-fresh": ([200, 37, 130, 1], [1, 1, 1, 1], True),
+    "prefill-fresh": ([100, 70, 130, 9], [100, 20, 1, 9], True),
+    "chunked": ([100, 70, 9], [33, 20, 9], False),
+}
+
+
+@pytest.mark.parametrize("kind", list(WINDOW_CASES))
+def test_sliding_window(kind: str) -> None:
+    # windows ending inside a page, at a page edge, past a kernel tile (32 prefill / 64 decode positions) and
+    # of one key; pages before each sequence's first query's window are freed (poisoned)
+    seq_lens, q_lens, fresh = WINDOW_CASES[kind]
+    case = Case(_layout("isoquant4", "turboquant35"), seq_lens=seq_lens, q_lens=q_lens, group=2, store_new=not fresh)
+    full = case.check(fresh=fresh, num_splits=2)
+    for window in (45, 16, 1):  # longest first: each frees the pages the next one frees and more
+        case.free_before_window(window)
+        out = case.check(fresh=fresh, num_splits=2, window=window)
+        assert not torch.allclose(out, full, atol=1e-3)
+
+
+@pytest.mark.parametrize("formats", [("turboquant25", "isoquant4"), ("isoquant3", "planarquant4"),
+                                     ("planarquant3", "turboquant35")])
+def test_head_dim_256_gemma_shape(formats: tuple[str, str]) -> None:
+    # Gemma-3-270M: 4 query heads on 1 KV head of 256 dims, sliding window 512 (here 40); every format as K or V
+    # through the decode and the prefill kernel
+    for q_lens in ([1, 1], [50, 6]):
+        case = Case(_layout(*formats, d=256, hkv=1), seq_lens=[90, 50], q_lens=q_lens, group=4, store_new=False)
+        case.free_before_window(40)
+        case.check(fresh=True, window=40, num_splits=2)
+
+
 def test_bad_input() -> None:
     case = Case(_layout("isoquant4", "isoquant4"), seq_lens=[5], q_lens=[1], group=1)
     args = list(case.args())
@@ -234,6 +289,11 @@ def test_bad_input() -> None:
         paged_attention(torch.zeros(1, 3, 64), *args[1:])
     with pytest.raises(ValueError, match="together"):
         paged_attention(*args[:9], args[0][:, :2])
+    for window in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match=f"sliding window must be None or a positive int.*{window!r}"):
+            paged_attention(*args, window=window)
+        with pytest.raises(ValueError, match="sliding window must be"):
+            naive.paged_attention(*args, window=window)
     layout = KVCacheLayout("isoquant4", "isoquant4", 96, 1, 16)
     with pytest.raises(ValueError, match="unsupported head_dim 96"):
         paged_attention(torch.zeros(1, 1, 96), torch.zeros(layout.shape(1), dtype=torch.uint8), layout,
