@@ -83,16 +83,18 @@ def gather(
     length: int,
     key_params: ChannelParams | None = None,
     value_params: ChannelParams | None = None,
+    start: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode the first `length` tokens of each row of block_table (B, blocks) to float32 K, V of
-    (B, length, num_kv_heads, head_dim); one decode call for all rows."""
-    n = -(-length // layout.block_size)
+    """Decode tokens start..length-1 of each row of block_table (B, blocks) to float32 K, V of
+    (B, length - start, num_kv_heads, head_dim); one decode call for all rows."""
+    first, n = start // layout.block_size, -(-length // layout.block_size)
     rows = block_table.shape[0]
     # entries past a row's own pages may be any padding value: clamp them (their tokens are sliced off below)
-    slots = cache[block_table[:, :n].long().clamp(0, cache.shape[0] - 1)].transpose(2, 3)
-    slots = slots.reshape(rows, -1, layout.num_kv_heads, layout.slot_bytes)[:, :length]
-    if key_params is not None and key_params.positional:  # token i of a row is at position i
-        key_params = key_params.at(torch.arange(length, device=cache.device))
+    slots = cache[block_table[:, first:n].long().clamp(0, cache.shape[0] - 1)].transpose(2, 3)
+    skip = start - first * layout.block_size
+    slots = slots.reshape(rows, -1, layout.num_kv_heads, layout.slot_bytes)[:, skip:skip + length - start]
+    if key_params is not None and key_params.positional:  # token i of a row is at position start + i
+        key_params = key_params.at(torch.arange(start, length, device=cache.device))
     k = get_format(layout.key_format).decode(slots[..., :layout.key_bytes], layout.head_dim, torch.float32, key_params)
     v = get_format(layout.value_format).decode(slots[..., layout.key_bytes:], layout.head_dim, torch.float32,
                                                value_params)
@@ -112,14 +114,14 @@ def window_start(position: int, window: int | None) -> int:
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, first_position: int,
-           window: int | None = None) -> torch.Tensor:
+           window: int | None = None, key_position: int = 0) -> torch.Tensor:
     """Causal GQA attention in float32: q (n, Hq, D) at positions first_position.. over k, v (L, Hkv, D) at
-    positions 0..L-1; with a sliding window, a query at p sees keys p - window + 1 .. p only (keys before the
-    first query's window are never read: vLLM may have freed their pages)."""
-    start = window_start(first_position, window)
+    positions key_position..; with a sliding window, a query at p sees keys p - window + 1 .. p only (keys before
+    the first query's window are never read: vLLM may have freed their pages)."""
+    start = max(window_start(first_position, window), key_position)
     group = q.shape[1] // k.shape[1]
-    k = k[start:].repeat_interleave(group, dim=1)
-    v = v[start:].repeat_interleave(group, dim=1)
+    k = k[start - key_position:].repeat_interleave(group, dim=1)
+    v = v[start - key_position:].repeat_interleave(group, dim=1)
     scores = torch.einsum("qhd,khd->hqk", q.float(), k) * scale
     q_pos = first_position + torch.arange(q.shape[0], device=q.device)
     k_pos = start + torch.arange(k.shape[0], device=q.device)
@@ -160,12 +162,15 @@ def paged_attention(
     starts, lengths = query_start_loc.tolist(), seq_lens.tolist()
     n_new = [starts[b + 1] - starts[b] for b in range(len(lengths))]
     cached = [length - n if new_key is not None else length for length, n in zip(lengths, n_new)]
-    k_all, v_all = gather(cache, layout, block_table[:len(lengths)], max(cached, default=0), key_params, value_params)
+    # decode from the earliest window start only (sliding-window layers: pages before it may be freed)
+    first = min((window_start(length - n, window) for length, n in zip(lengths, n_new)), default=0)
+    k_all, v_all = gather(cache, layout, block_table[:len(lengths)], max(cached, default=0), key_params, value_params,
+                          min(first, max(cached, default=0)))
     for b, length in enumerate(lengths):
         q = query[starts[b]:starts[b + 1]]
-        k, v = k_all[b, :cached[b]], v_all[b, :cached[b]]
+        k, v = k_all[b, :cached[b] - first], v_all[b, :cached[b] - first]
         if new_key is not None:
             k = torch.cat([k, new_key[starts[b]:starts[b + 1]].float()])
             v = torch.cat([v, new_value[starts[b]:starts[b + 1]].float()])
-        out[starts[b]:starts[b + 1]] = attend(q, k, v, scale, length - n_new[b], window).to(query.dtype)
+        out[starts[b]:starts[b + 1]] = attend(q, k, v, scale, length - n_new[b], window, first).to(query.dtype)
     return out
