@@ -25,6 +25,7 @@ from multi_turboquant.kernels.layout import KVCacheLayout  # noqa: E402
 from multi_turboquant.kernels.triton_attention import paged_attention  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+GPU_TOL = {"norm_tol": 5e-3} if DEVICE == "cuda" else {}  # fp16/bf16 dot operands on the GPU (see below)
 FORMATS = ("turboquant25", "turboquant35", "isoquant3", "isoquant4", "planarquant3", "planarquant4")
 
 
@@ -203,7 +204,7 @@ def test_position_offset(key_format: str, centroid: bool) -> None:
         cpu_args = [a.cpu() if isinstance(a, torch.Tensor) else a for a in case.args()[:7]]
         plain = naive.paged_attention(*cpu_args, ChannelParams(scale=scale, offset=table[0]))
         # GPU: fp16 key dots, tf32 prefill dots over 700 positions measure 2.0-2.2e-3 (H200, 8 runs)
-        out = case.check(fresh=True, num_splits=2, **({"norm_tol": 5e-3} if DEVICE == "cuda" else {}))
+        out = case.check(fresh=True, num_splits=2, **GPU_TOL)
         assert not torch.allclose(out.cpu(), plain, atol=1e-2)  # the rows past the first changed the result
 
 
@@ -249,22 +250,23 @@ def test_reference_window_boundary() -> None:
 WINDOW_CASES = {  # seq_lens, q_lens, fresh: decode (the decode kernel), prefill and chunked prefill with a decode
     "decode": ([200, 37, 130, 1], [1, 1, 1, 1], False),
     "decode-fresh": ([200, 37, 130, 1], [1, 1, 1, 1], True),
-    "prefill-fresh": ([100, 70, 130, 9], [100, 20, 1, 9], True),
-    "chunked": ([100, 70, 9], [33, 20, 9], False),
+    "prefill-fresh": ([70, 60, 130, 9], [70, 20, 1, 9], True),
+    "chunked": ([100, 9], [33, 9], False),
 }
 
 
 @pytest.mark.parametrize("kind", list(WINDOW_CASES))
 def test_sliding_window(kind: str) -> None:
     # windows ending inside a page, at a page edge, past a kernel tile (32 prefill / 64 decode positions) and
-    # of one key; pages before each sequence's first query's window are freed (poisoned)
+    # (decode) of one key; pages before each sequence's first query's window are freed (poisoned)
     seq_lens, q_lens, fresh = WINDOW_CASES[kind]
     case = Case(_layout("isoquant4", "turboquant35"), seq_lens=seq_lens, q_lens=q_lens, group=2, store_new=not fresh)
-    full = case.check(fresh=fresh, num_splits=2)
-    for window in (45, 16, 1):  # longest first: each frees the pages the next one frees and more
+    full = naive.paged_attention(*case.args(fresh=fresh))
+    windows = (45, 16, 1) if kind.startswith("decode") else (45, 16)  # one key: the decode kernel's case
+    for window in windows:  # longest first: each frees the pages the next one frees and more
         case.free_before_window(window)
-        out = case.check(fresh=fresh, num_splits=2, window=window)
-        assert not torch.allclose(out, full, atol=1e-3)
+        out = case.check(fresh=fresh, num_splits=2, window=window, **GPU_TOL)
+        assert not torch.allclose(out.cpu(), full, atol=1e-3)
 
 
 @pytest.mark.parametrize("formats", [("turboquant25", "isoquant4"), ("isoquant3", "planarquant4"),
@@ -272,10 +274,10 @@ def test_sliding_window(kind: str) -> None:
 def test_head_dim_256_gemma_shape(formats: tuple[str, str]) -> None:
     # Gemma-3-270M: 4 query heads on 1 KV head of 256 dims, sliding window 512 (here 40); every format as K or V
     # through the decode and the prefill kernel
-    for q_lens in ([1, 1], [50, 6]):
-        case = Case(_layout(*formats, d=256, hkv=1), seq_lens=[90, 50], q_lens=q_lens, group=4, store_new=False)
+    for q_lens in ([1, 1], [20, 6]):
+        case = Case(_layout(*formats, d=256, hkv=1), seq_lens=[80, 30], q_lens=q_lens, group=4, store_new=False)
         case.free_before_window(40)
-        case.check(fresh=True, window=40, num_splits=2)
+        case.check(fresh=True, window=40, num_splits=2, **GPU_TOL)
 
 
 def test_bad_input() -> None:

@@ -74,6 +74,8 @@ def probe(config: dict) -> dict:
     init_s = time.perf_counter() - start
     result = {
         "name": config["name"],
+        "kv_cache_dtype": config["kv_cache_dtype"],
+        "head_dim": llm.llm_engine.vllm_config.model_config.get_head_size(),
         "capacity_tokens": capacity_tokens(llm),
         "block_size": llm.llm_engine.vllm_config.cache_config.block_size,
         "init_s": round(init_s, 1),
