@@ -32,7 +32,7 @@ class LayerKV:
     #   and E[x_i x_(i+d/2)] (H, d/2); None for a model without a rotary embedding
 
 
-PER_LAYER_ROPE = ("its rotary embedding differs by layer type (local and global RoPE bases, as in Gemma 2/3), and the "
+PER_LAYER_ROPE = ("its rotary embedding differs by layer type (local and global RoPE bases, as in Gemma 3), and the "
                   "calibration file holds one RoPE: key statistics as observed, key offsets not following the position")
 
 

@@ -162,10 +162,11 @@ def paged_attention(
     starts, lengths = query_start_loc.tolist(), seq_lens.tolist()
     n_new = [starts[b + 1] - starts[b] for b in range(len(lengths))]
     cached = [length - n if new_key is not None else length for length, n in zip(lengths, n_new)]
-    # decode from the earliest window start only (sliding-window layers: pages before it may be freed)
+    # decode from the earliest window start only (sliding-window layers: pages before it may be freed); it is at or
+    # before every sequence's first query, so at or before every sequence's cached tokens' end
     first = min((window_start(length - n, window) for length, n in zip(lengths, n_new)), default=0)
     k_all, v_all = gather(cache, layout, block_table[:len(lengths)], max(cached, default=0), key_params, value_params,
-                          min(first, max(cached, default=0)))
+                          first)
     for b, length in enumerate(lengths):
         q = query[starts[b]:starts[b + 1]]
         k, v = k_all[b, :cached[b] - first], v_all[b, :cached[b] - first]
