@@ -107,6 +107,14 @@ def check_window(window: int | None) -> None:
         raise ValueError(f"sliding window must be None or a positive int (keys per query), got {window!r}")
 
 
+def check_sinks(sinks: torch.Tensor | None, query: torch.Tensor) -> None:
+    """ValueError unless `sinks` is None or a float tensor of one logit per query head, on the query's device."""
+    if sinks is not None and (sinks.shape != (query.shape[1],) or not sinks.is_floating_point()
+                              or sinks.device != query.device):
+        raise ValueError(f"sinks must be a float tensor of one logit per query head ({query.shape[1]},) on "
+                         f"{query.device}, got {sinks.dtype} {tuple(sinks.shape)} on {sinks.device}")
+
+
 def window_start(position: int, window: int | None) -> int:
     """The first key position a query at `position` sees: position - window + 1 (vLLM's window: flash-attn's
     window_size=(window - 1, 0)), or 0."""
@@ -114,10 +122,11 @@ def window_start(position: int, window: int | None) -> int:
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, first_position: int,
-           window: int | None = None, key_position: int = 0) -> torch.Tensor:
+           window: int | None = None, key_position: int = 0, sinks: torch.Tensor | None = None) -> torch.Tensor:
     """Causal GQA attention in float32: q (n, Hq, D) at positions first_position.. over k, v (L, Hkv, D) at
     positions key_position..; with a sliding window, a query at p sees keys p - window + 1 .. p only (keys before
-    the first query's window are never read: vLLM may have freed their pages)."""
+    the first query's window are never read: vLLM may have freed their pages); sinks (Hq,): one more logit per
+    query head in the softmax, with no value (gpt-oss)."""
     start = max(window_start(first_position, window), key_position)
     group = q.shape[1] // k.shape[1]
     k = k[start - key_position:].repeat_interleave(group, dim=1)
@@ -129,7 +138,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, firs
     if window is not None:
         mask |= k_pos[None, :] <= q_pos[:, None] - window
     scores = scores.masked_fill(mask, float("-inf"))
-    return torch.einsum("hqk,khd->qhd", scores.softmax(dim=-1), v)
+    if sinks is None:
+        return torch.einsum("hqk,khd->qhd", scores.softmax(dim=-1), v)
+    sink = sinks.float()[:, None, None].expand(-1, scores.shape[1], 1)
+    return torch.einsum("hqk,khd->qhd", torch.cat([scores, sink], -1).softmax(dim=-1)[..., :-1], v)
 
 
 def paged_attention(
@@ -145,6 +157,7 @@ def paged_attention(
     new_key: torch.Tensor | None = None,
     new_value: torch.Tensor | None = None,
     window: int | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of query (Tq, Hq, head_dim) over the paged cache; returns (Tq, Hq, head_dim) in query's dtype.
 
@@ -152,10 +165,12 @@ def paged_attention(
     tokens (so decode, prefill and chunked prefill are one case). Its context is read from the packed
     cache through block_table[b]; when new_key/new_value (Tq, num_kv_heads, head_dim) are given, the
     sequence's own new tokens use them instead of their packed records. window: a sliding window (see attend);
-    pages wholly before a sequence's first query's window are never read (vLLM frees them).
+    pages wholly before a sequence's first query's window are never read (vLLM frees them). sinks (Hq,): attention
+    sinks (see attend).
     """
     check_cache(cache, layout)
     check_window(window)
+    check_sinks(sinks, query)
     if query.shape[1] % layout.num_kv_heads:
         raise ValueError(f"{query.shape[1]} query heads are not a multiple of {layout.num_kv_heads} KV heads")
     out = torch.empty_like(query)
@@ -173,5 +188,6 @@ def paged_attention(
         if new_key is not None:
             k = torch.cat([k, new_key[starts[b]:starts[b + 1]].float()])
             v = torch.cat([v, new_value[starts[b]:starts[b + 1]].float()])
-        out[starts[b]:starts[b + 1]] = attend(q, k, v, scale, length - n_new[b], window, first).to(query.dtype)
+        out[starts[b]:starts[b + 1]] = attend(q, k, v, scale, length - n_new[b], window, first,
+                                              None if sinks is None else sinks.cpu()).to(query.dtype)
     return out

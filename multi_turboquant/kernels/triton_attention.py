@@ -10,6 +10,8 @@ caller passes `max_query_len` and `max_seq_len` (CUDA-graph safe).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -17,7 +19,7 @@ import triton.language as tl
 from ..formats.params import OFFSET_BUCKET, ChannelParams, offset_rows
 from .feature_space import FeatureMaps, build_feature_maps, per_head_matmul
 from .layout import KVCacheLayout
-from .naive import check_cache, check_window, token_positions
+from .naive import check_cache, check_sinks, check_window, token_positions
 from . import triton_decode
 from .triton_common import check_head_dim
 from .triton_common import (NO_WINDOW, constants, decode_record, load_parts, record_spec, softmax_state,
@@ -312,12 +314,14 @@ def paged_attention(
     num_splits: int | None = None,
     out: torch.Tensor | None = None,
     window: int | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """naive.paged_attention, fused. Pass max_query_len/max_seq_len to avoid host syncs (CUDA graphs);
     num_splits overrides the split-KV heuristic; out receives the result (query's shape and dtype); window: a
-    sliding window (naive.attend)."""
+    sliding window and sinks attention sinks (naive.attend)."""
     _check_inputs(query, cache, layout, block_table, seq_lens, query_start_loc, new_key, new_value)
     check_window(window)
+    check_sinks(sinks, query)
     kspec, vspec = record_spec(layout.key_format, layout.head_dim), record_spec(layout.value_format, layout.head_dim)
     device = query.device
     kmaps = feature_maps(layout.key_format, layout, key_params, device)
@@ -394,7 +398,20 @@ def paged_attention(
                                        FB=min(fv, _MAP_BLOCK), DEC_STRIDE=_head_stride(vmaps.decode),
                                        OFF_STRIDE=0 if offset is None or offset.shape[0] == 1 else d,
                                        HAS_OFFSET=offset is not None, PREC=prec)
+    if sinks is not None:
+        _apply_sinks(out, sinks, m, lse)
     return out
+
+
+def _apply_sinks(out: torch.Tensor, sinks: torch.Tensor, m: torch.Tensor, l_sum: torch.Tensor) -> None:
+    """Scale each output row by the weight its keys keep next to the sink logit: sum / (sum + e^sink), i.e.
+    1 / (1 + 2^(sink log2(e) - log2-sum-exp of the row's scores)) from the splits' max m and sum (splits, rows), in
+    base 2. The value offset scales too: the output is linear in the normalized weights. No host sync."""
+    top = m.max(0).values
+    lse = top + torch.log2((torch.exp2(m - top) * l_sum).sum(0))
+    tq, hq = out.shape[:2]
+    keep = torch.sigmoid((lse.view(tq, hq) - sinks.float() * LOG2E) * math.log(2))
+    out.mul_(keep[..., None].to(out.dtype))
 
 
 def _bucket_scores(query: torch.Tensor, shift: torch.Tensor, hkv: int, scale: float) -> torch.Tensor:

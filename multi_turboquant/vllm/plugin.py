@@ -10,15 +10,12 @@ from . import compat, state
 BACKEND = "multi_turboquant.vllm.backend.MTQAttentionBackend"
 logger = logging.getLogger("multi_turboquant")
 WARNED = "MULTI_TURBOQUANT_WARNED"  # set once warned: the processes vLLM starts next inherit it and stay quiet
-SINKS_REFUSED = ("attention sinks (learned per-head sink logits, as in gpt-oss: not implemented in the packed-cache "
-                 "kernels, whose softmax has no extra logit)")
 # AttentionSelectorConfig flags of layers the formats cannot serve (a flag newer than the running vLLM is never set);
 # docs/vllm.md has the table
 REFUSED = {
     "use_mla": "MLA attention (its cache holds one latent vector per token shared by all heads, not the per-head K "
                "and V the formats encode)",
     "use_sparse": "sparse attention",
-    "has_sink": SINKS_REFUSED,
     "use_rswa": "reference sliding-window attention",
     "use_non_causal": "non-causal attention",
     "use_dcp": "decode context parallelism",

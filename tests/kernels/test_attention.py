@@ -83,8 +83,9 @@ class Case:
         """Kernel vs reference elementwise within tol, or, given norm_tol, by ||out - ref|| / ||ref|| (for float16
         dots, whose rounding moves single elements by more than a tight elementwise bound allows)."""
         args = self.args(dtype, fresh)
+        sinks = kw.get("sinks")
         ref = naive.paged_attention(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args),
-                                    window=kw.get("window"))
+                                    window=kw.get("window"), sinks=None if sinks is None else sinks.cpu())
         out = torch.full_like(args[0], float("nan"))
         got = paged_attention(*args, out=out, **kw)
         assert got is out
@@ -247,6 +248,29 @@ def test_reference_window_boundary() -> None:
             torch.testing.assert_close(out[:, :, 0], ((lo + q_pos) / 2.0)[:, None].expand(n, 2))
 
 
+def test_reference_sinks() -> None:
+    # a sink logit s joins each head's softmax without a value: with a zero query (every key's logit 0) and values
+    # equal to their positions, the output is sum(positions) / (n + e^s)
+    v = torch.arange(10, dtype=torch.float32)[:, None, None].expand(10, 1, 8)
+    sinks = torch.tensor([-30.0, 0.0, 1.5])
+    out = naive.attend(torch.zeros(1, 3, 8), torch.zeros(10, 1, 8), v, 1.0, 9, sinks=sinks)
+    torch.testing.assert_close(out[0, :, 0], 45.0 / (10 + sinks.exp()))
+
+
+@pytest.mark.parametrize("q_lens", [[1, 1, 1], [1, 20, 1]])  # the decode kernel, the prefill kernel
+def test_sinks(q_lens: list[int]) -> None:
+    # gpt-oss: per-head sink logits with a sliding window, value offsets (which the sink scales too) and splits
+    gen = torch.Generator().manual_seed(random.randrange(1 << 30))
+    params = ChannelParams(offset=torch.randn(2, 64, generator=gen))
+    case = Case(_layout("turboquant25", "planarquant4"), seq_lens=[70, 20, 33], q_lens=q_lens, group=2,
+                value_params=params, store_new=False)
+    sinks = (torch.randn(4, generator=gen) * 2).to(DEVICE)
+    plain = case.check(fresh=True, num_splits=2, window=30, **GPU_TOL)
+    out = case.check(fresh=True, num_splits=2, window=30, sinks=sinks, **GPU_TOL)
+    assert not torch.allclose(out, plain, atol=1e-3)
+    case.check(fresh=True, num_splits=1, sinks=sinks, **GPU_TOL)
+
+
 WINDOW_CASES = {  # seq_lens, q_lens, fresh: decode (the decode kernel), prefill and chunked prefill with a decode
     "decode": ([200, 37, 130, 1], [1, 1, 1, 1], False),
     "decode-fresh": ([200, 37, 130, 1], [1, 1, 1, 1], True),
@@ -291,6 +315,10 @@ def test_bad_input() -> None:
         paged_attention(torch.zeros(1, 3, 64), *args[1:])
     with pytest.raises(ValueError, match="together"):
         paged_attention(*args[:9], args[0][:, :2])
+    with pytest.raises(ValueError, match=r"sinks must be a float tensor of one logit per query head \(2,\)"):
+        paged_attention(*args, sinks=torch.zeros(3))
+    with pytest.raises(ValueError, match="sinks must be a float tensor"):
+        naive.paged_attention(*args, sinks=torch.zeros(2, dtype=torch.int64))
     for window in (0, -3, 2.5, True):
         with pytest.raises(ValueError, match=f"sliding window must be None or a positive int.*{window!r}"):
             paged_attention(*args, window=window)

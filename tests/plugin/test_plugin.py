@@ -94,7 +94,6 @@ def test_selector_routes_only_our_formats():
 @pytest.mark.parametrize("kw, match", [
     ({"use_mla": True}, r"MLA attention \(its cache holds one latent vector per token shared by all heads, not the "
                         "per-head K and V"),
-    ({"has_sink": True}, r"attention sinks \(learned per-head sink logits, as in gpt-oss: not implemented"),
     ({"use_non_causal": True}, "non-causal"),
     ({"use_pcp": True}, "prefill context parallelism"),
     ({"use_dcp": True}, "decode context parallelism"),  # vLLM 0.29+
@@ -164,7 +163,7 @@ def test_cache_shape_follows_the_active_formats():
 @pytest.mark.parametrize("kw, match", [
     ({"alibi_slopes": [1.0] * 4}, "ALiBi"),
     ({"logits_soft_cap": 30.0}, "soft-capping"),
-    ({"sinks": torch.zeros(4)}, "attention sinks .learned per-head sink logits, as in gpt-oss: not implemented"),
+    ({"sinks": torch.zeros(3)}, r"attention sinks must hold one logit per query head \(4,\), got \(3,\)"),
 ])
 def test_impl_refuses_unsupported_features(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -212,12 +211,20 @@ def test_chunked_prefill_and_decode_match_one_prefill():
     torch.testing.assert_close(whole.reshape(40, 4, 64), ref)
 
 
+def test_sinks_and_sliding_windows_are_served():
+    assert MTQAttentionBackend.supports_sink() and MTQAttentionBackend.supports_sliding_window()
+    for kw in ({"has_sink": True}, {"has_sliding_window": True}):
+        if set(kw) <= set(AttentionSelectorConfig._fields):
+            assert current_platform.get_attn_backend_cls(None, selector("isoquant3", 64, **kw)) == plugin.BACKEND
+
+
 def test_sliding_window_layer_attends_within_its_window():
     # the impl takes vLLM's sliding_window and every chunking gives the reference's windowed attention
     torch.manual_seed(0)
     state.activate("isoquant4", {})
     layout = state.layout(64, 2, 16)
-    impl = MTQAttentionImpl(4, 64, 0.125, 2, sliding_window=10, kv_cache_dtype="isoquant4")
+    sinks = torch.tensor([0.5, -1.0, 2.0, 0.0])  # gpt-oss: both features in one layer
+    impl = MTQAttentionImpl(4, 64, 0.125, 2, sliding_window=10, kv_cache_dtype="isoquant4", sinks=sinks)
     q, k, v = torch.randn(40, 4, 64), torch.randn(40, 2, 64), torch.randn(40, 2, 64)
     table = torch.tensor([[5, 1, 7]], dtype=torch.int32)
     whole = run_chunks(impl, q, k, v, [40], table)
@@ -225,8 +232,8 @@ def test_sliding_window_layer_attends_within_its_window():
     cache = torch.zeros(layout.shape(8), dtype=torch.uint8)
     naive.store(k, v, cache, (table[0, torch.arange(40) // 16].long() * 16 + torch.arange(40) % 16), layout)
     args = (q, cache, layout, table, torch.tensor([40]), torch.tensor([0, 40]), 0.125)
-    torch.testing.assert_close(whole.reshape(40, 4, 64), naive.paged_attention(*args, window=10))
-    assert not torch.allclose(whole.reshape(40, 4, 64), naive.paged_attention(*args), atol=1e-2)
+    torch.testing.assert_close(whole.reshape(40, 4, 64), naive.paged_attention(*args, window=10, sinks=sinks))
+    assert not torch.allclose(whole.reshape(40, 4, 64), naive.paged_attention(*args, window=10), atol=1e-2)
 
 
 def write_calibration(path, layers: int, heads: int = 2, head_dim: int = 64):
