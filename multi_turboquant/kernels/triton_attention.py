@@ -318,7 +318,7 @@ def paged_attention(
 ) -> torch.Tensor:
     """naive.paged_attention, fused. Pass max_query_len/max_seq_len to avoid host syncs (CUDA graphs);
     num_splits overrides the split-KV heuristic; out receives the result (query's shape and dtype); window: a
-    sliding window and sinks attention sinks (naive.attend)."""
+    sliding window; sinks: attention sinks (both as in naive.attend)."""
     _check_inputs(query, cache, layout, block_table, seq_lens, query_start_loc, new_key, new_value)
     check_window(window)
     check_sinks(sinks, query)
