@@ -54,7 +54,7 @@ def test_the_key_changes_with_the_config_the_weights_and_the_horizon(tmp_path):
 def test_the_second_call_reads_the_cache(tmp_path, cache, monkeypatch):
     folder, calls, lines = fake_model(tmp_path / "m"), [], []
 
-    def compute(model: Path, horizon: int, out: Path) -> None:
+    def compute(model: Path, horizon: int, out: Path, log=None) -> None:
         calls.append((model, horizon))
         write_calibration(out)
 
@@ -69,7 +69,7 @@ def test_the_second_call_reads_the_cache(tmp_path, cache, monkeypatch):
 
 
 def test_a_failed_computation_leaves_nothing(tmp_path, cache, monkeypatch):
-    def compute(model: Path, horizon: int, out: Path) -> None:
+    def compute(model: Path, horizon: int, out: Path, log=None) -> None:
         out.write_text("half")
         raise RuntimeError("out of memory")
 
