@@ -46,7 +46,18 @@ def activate_engine(vllm_config) -> Settings:
         return activate(cache.cache_dtype, vllm_config.additional_config)
     # the calibration covers every KV head; each tensor-parallel rank takes its own (channel_params)
     dims = (model.get_num_layers(parallel), model.get_total_num_kv_heads(), model.get_head_size())
-    return activate(cache.cache_dtype, vllm_config.additional_config, dims, model.model, model.max_model_len)
+    active = activate(cache.cache_dtype, vllm_config.additional_config, dims, model.model, model.max_model_len)
+    if active.keep_layers and _mixes_sliding_and_full(model):
+        raise ValueError("multi-turboquant: keep_layers is not supported for a model that mixes sliding-window and "
+                         "full-attention layers (Gemma 3): vLLM's hybrid KV cache needs one page size in all its "
+                         "layer groups, and kept layers' pages are larger than the packed ones; drop keep_layers")
+    return active
+
+
+def _mixes_sliding_and_full(model_config) -> bool:
+    """Whether the model's layer types mix sliding-window and other attention (vLLM's hybrid KV-cache groups)."""
+    types = set(getattr(getattr(model_config, "hf_text_config", None), "layer_types", None) or ())
+    return "sliding_attention" in types and len(types) > 1
 
 
 def settings() -> Settings:

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -216,6 +217,22 @@ def test_sinks_and_sliding_windows_are_served():
     for kw in ({"has_sink": True}, {"has_sliding_window": True}):
         if set(kw) <= set(AttentionSelectorConfig._fields):
             assert current_platform.get_attn_backend_cls(None, selector("isoquant3", 64, **kw)) == plugin.BACKEND
+
+
+def test_keep_layers_is_refused_for_a_model_mixing_sliding_and_full_layers():
+    # vLLM's hybrid KV cache needs one page size across its groups (its own error otherwise, mid-build)
+    def engine(layer_types, keep):
+        model = SimpleNamespace(get_num_layers=lambda parallel: 2, get_total_num_kv_heads=lambda: 1,
+                                get_head_size=lambda: 64, model="m", max_model_len=1024,
+                                hf_text_config=SimpleNamespace(layer_types=layer_types))
+        extra = {"multi_turboquant": {"calibration": "none", "keep_layers": keep}}
+        return SimpleNamespace(model_config=model, parallel_config=None,
+                               cache_config=SimpleNamespace(cache_dtype="isoquant4"), additional_config=extra)
+
+    with pytest.raises(ValueError, match="keep_layers is not supported for a model that mixes sliding-window"):
+        state.activate_engine(engine(["sliding_attention", "full_attention"], [1]))
+    assert state.activate_engine(engine(["sliding_attention", "full_attention"], [])).keep_layers == frozenset()
+    assert state.activate_engine(engine(["full_attention"] * 2, [1])).keep_layers == {1}
 
 
 def test_sliding_window_layer_attends_within_its_window():
