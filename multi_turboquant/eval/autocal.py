@@ -75,11 +75,11 @@ def calibration_text() -> str:
     return files("multi_turboquant.data").joinpath("calibration_text.txt").read_text(encoding="utf-8")
 
 
-def compute(folder: Path, horizon: int, out: Path) -> None:
+def compute(folder: Path, horizon: int, out: Path, log: Callable[[str], None] = _log) -> None:
     """Write the calibration file of the model in `folder` at `out` (on the GPU if there is one)."""
     import torch
 
-    from .calibrate import calibrate
+    from .calibrate import PER_LAYER_ROPE, calibrate, per_layer_rope
     from .hooks import default_device, load_model
 
     device = default_device()
@@ -88,6 +88,8 @@ def compute(folder: Path, horizon: int, out: Path) -> None:
     try:
         lm = load_model(folder, device, torch.float32 if device == "cpu" else torch.bfloat16)
         ids = torch.tensor(lm.tokenizer(calibration_text()).input_ids)
+        if per_layer_rope(lm):
+            log(f"{folder.name}: {PER_LAYER_ROPE}")
         calibrate(lm, ids, WINDOW, min(MAX_OUTLIERS, lm.head_dim // 2), out, TEXT_SOURCE, sink_weight=0.0,
                   centroid=True, horizon=horizon)
         del lm
@@ -108,7 +110,7 @@ def auto_calibration(model: str | Path, horizon: int, log: Callable[[str], None]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        compute(folder, horizon, tmp)
+        compute(folder, horizon, tmp, log)
         os.replace(tmp, path)  # atomic: other processes see no file or the whole file
     finally:
         tmp.unlink(missing_ok=True)

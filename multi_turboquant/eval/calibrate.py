@@ -7,6 +7,7 @@ with it, so a mean measured over the positions of short calibration windows is w
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -31,11 +32,26 @@ class LayerKV:
     #   and E[x_i x_(i+d/2)] (H, d/2); None for a model without a rotary embedding
 
 
+PER_LAYER_ROPE = ("its rotary embedding differs by layer type (local and global RoPE bases, as in Gemma 3), and the "
+                  "calibration file holds one RoPE: key statistics as observed, key offsets not following the position")
+
+
+def _rotary_module(lm: LoadedModel):
+    return getattr(getattr(lm.model, "model", None), "rotary_emb", None)
+
+
+def per_layer_rope(lm: LoadedModel) -> bool:
+    """Whether the model's rotary embedding takes a layer type (one RoPE base per kind of layer)."""
+    rotary = _rotary_module(lm)
+    return rotary is not None and "layer_type" in inspect.signature(rotary.forward).parameters
+
+
 def _rotary(lm: LoadedModel):
     """The model's rotary embedding module (HF Llama-style: forward(x, position_ids) -> cos, sin over the whole
-    head_dim, rotate-half pairs), or None (no such module, or a partial rotary: statistics stay as observed)."""
-    rotary = getattr(getattr(lm.model, "model", None), "rotary_emb", None)
-    if rotary is None:
+    head_dim, rotate-half pairs), or None (no such module, a partial rotary or one per layer type: statistics stay
+    as observed)."""
+    rotary = _rotary_module(lm)
+    if rotary is None or per_layer_rope(lm):
         return None
     try:
         cos, _ = _cos_sin(rotary, 1, next(lm.model.parameters()).device)
@@ -179,6 +195,8 @@ def calibrate(lm: LoadedModel, ids: torch.Tensor, window: int, n_outliers: int, 
     layers, means = fit_layers(collect_kv(lm, ids, window), n_outliers, sink_weight, centroid, rotation, rope)
     span = f"key statistics for positions 0-{horizon - 1}" if rotation is not None else \
         f"key statistics as observed in windows of {window}"
+    if per_layer_rope(lm):
+        span += f" ({PER_LAYER_ROPE.split(': ')[0]})"
     if rope is not None:
         span += f", key offsets per {OFFSET_BUCKET} positions"
     return save_calibration(path, layers, head_dim=lm.head_dim, num_kv_heads=lm.num_kv_heads, model=str(lm.path),

@@ -62,9 +62,10 @@ def store(key, value, cache, slot_mapping, layout, key_params=None, value_params
 
 def paged_attention(query, cache, layout, block_table, seq_lens, query_start_loc, scale,
                     key_params=None, value_params=None, **kwargs) -> torch.Tensor:
-    """See naive.paged_attention; keyword extras (e.g. max_seq_len) reach the Triton kernel only."""
+    """See naive.paged_attention (window and sinks included); keyword extras (e.g. max_seq_len) reach the Triton kernel
+    only."""
     mod = backend_for(cache, "triton_attention", layout)
     if mod is naive:
-        kwargs = {k: v for k, v in kwargs.items() if k in ("new_key", "new_value")}
+        kwargs = {k: v for k, v in kwargs.items() if k in ("new_key", "new_value", "window", "sinks")}
     return mod.paged_attention(query, cache, layout, block_table, seq_lens, query_start_loc, scale,
                                key_params, value_params, **kwargs)

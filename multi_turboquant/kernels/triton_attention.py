@@ -10,6 +10,8 @@ caller passes `max_query_len` and `max_seq_len` (CUDA-graph safe).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -17,11 +19,11 @@ import triton.language as tl
 from ..formats.params import OFFSET_BUCKET, ChannelParams, offset_rows
 from .feature_space import FeatureMaps, build_feature_maps, per_head_matmul
 from .layout import KVCacheLayout
-from .naive import check_cache, token_positions
+from .naive import check_cache, check_sinks, check_window, token_positions
 from . import triton_decode
 from .triton_common import check_head_dim
-from .triton_common import (constants, decode_record, load_parts, record_spec, softmax_state, split_range,
-                             store_state)
+from .triton_common import (NO_WINDOW, constants, decode_record, load_parts, record_spec, softmax_state,
+                             split_range, store_state)
 
 BLOCK_N = 32  # KV positions per inner step of the prefill kernel
 NUM_WARPS = 4
@@ -85,7 +87,7 @@ def _bucket_terms(qo_ptr, q_row, row_valid, positions, num_buckets, BUCKET: tl.c
 @triton.jit(do_not_specialize=["bt_stride", "num_seqs", "num_rows", "num_splits", "num_buckets"])
 def _attention_kernel(
     q_ptr, qd_ptr, qo_ptr, cache_ptr, bt_ptr, seq_lens_ptr, qsl_ptr, nk_ptr, nv_ptr, table, out_ptr, m_ptr, l_ptr,
-    bt_stride, num_seqs, num_rows, num_splits, num_buckets,
+    bt_stride, num_seqs, num_rows, num_splits, num_buckets, window,
     HQ: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, TOK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BS: tl.constexpr, SLOT: tl.constexpr,
     KNA: tl.constexpr, KBA: tl.constexpr, KNB: tl.constexpr, KBB: tl.constexpr, KNC: tl.constexpr,
@@ -120,13 +122,16 @@ def _attention_kernel(
     kv_limit = first_pos + (tl.minimum(tok_start + TOK, q_end) - q_start)  # causal end of this tile
     cached = first_pos if HAS_NEW else seq_len
     end = tl.minimum(cached, kv_limit)
-    n_tiles = tl.cdiv(end, BLOCK_N)
-    t_lo, t_hi = split_range(n_tiles, split, num_splits)
+    start = tl.maximum(first_pos + (tok_start - q_start) - window + 1, 0)  # the tile's first query's window start
+    t0 = start // BLOCK_N  # earlier pages may be freed (vLLM's sliding-window layers): never read them
+    t_lo, t_hi = split_range(tl.maximum(tl.cdiv(end, BLOCK_N) - t0, 0), split, num_splits)
+    t_lo += t0
+    t_hi += t0
     m_i, l_i, acc_a, acc_b, acc_c = softmax_state(BLOCK_M, VNA, VNB, VNC)
     page_base = cache_ptr + h * BS * SLOT
     for t in range(t_lo, t_hi):
         j = t * BLOCK_N + tl.arange(0, BLOCK_N)
-        valid = j < end
+        valid = (j < end) & (j >= start)
         page = tl.load(bt_ptr + b * bt_stride + j // BS, mask=valid, other=0).to(tl.int64)
         rows = page_base + (page * HKV * BS + j % BS) * SLOT
         ka, kb, kc, ksa, ksb, ksc, kf = decode_record(rows, valid, table, KNA, KBA, KNB, KBB, KNC, KTURBO, KREC)
@@ -139,7 +144,7 @@ def _attention_kernel(
             s += (qd[:, None] - qo) * kf[None, :]
         va, vb, vc, vsa, vsb, vsc, _ = decode_record(rows + KREC, valid, table, VNA, VBA, VNB, VBB, VNC, VTURBO,
                                                      VREC)
-        mask = valid[None, :] & (j[None, :] <= q_pos[:, None])
+        mask = valid[None, :] & (j[None, :] <= q_pos[:, None]) & (j[None, :] > q_pos[:, None] - window)
         m_i, l_i, acc_a, acc_b, acc_c = _step(s, mask, m_i, l_i, acc_a, acc_b, acc_c, va, vb, vc, vsa, vsb, vsc,
                                               VNB, VNC, PREC)
     if HAS_NEW:
@@ -155,7 +160,8 @@ def _attention_kernel(
             if KPOS:
                 s += _bucket_terms(qo_ptr, q_row, row_valid, first_pos + jn, num_buckets, BUCKET)
             va, vb, vc = load_parts(nv_ptr, new_row, valid, VNA, VNB, VNC)
-            mask = valid[None, :] & ((first_pos + jn)[None, :] <= q_pos[:, None])
+            mask = valid[None, :] & ((first_pos + jn)[None, :] <= q_pos[:, None]) & \
+                ((first_pos + jn)[None, :] > q_pos[:, None] - window)
             m_i, l_i, acc_a, acc_b, acc_c = _step(s, mask, m_i, l_i, acc_a, acc_b, acc_c, va, vb, vc,
                                                   ones, ones, ones, VNB, VNC, PREC)
     store_state(out_ptr, m_ptr, l_ptr, q_row, row_valid, split, num_rows, m_i, l_i, acc_a, acc_b, acc_c,
@@ -307,10 +313,15 @@ def paged_attention(
     max_seq_len: int | None = None,
     num_splits: int | None = None,
     out: torch.Tensor | None = None,
+    window: int | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """naive.paged_attention, fused. Pass max_query_len/max_seq_len to avoid host syncs (CUDA graphs);
-    num_splits overrides the split-KV heuristic; out receives the result (query's shape and dtype)."""
+    num_splits overrides the split-KV heuristic; out receives the result (query's shape and dtype); window: a
+    sliding window; sinks: attention sinks (both as in naive.attend)."""
     _check_inputs(query, cache, layout, block_table, seq_lens, query_start_loc, new_key, new_value)
+    check_window(window)
+    check_sinks(sinks, query)
     kspec, vspec = record_spec(layout.key_format, layout.head_dim), record_spec(layout.value_format, layout.head_dim)
     device = query.device
     kmaps = feature_maps(layout.key_format, layout, key_params, device)
@@ -354,20 +365,22 @@ def paged_attention(
     gpp = triton.next_power_of_2(group)  # query heads per token in a prefill tile, padded
     tok = max(1, PREFILL_ROWS // gpp)
     tiles = num_seqs if decode else tq // tok + num_seqs
-    splits = num_splits or _num_splits(tiles * hkv, max_seq_len, device)
+    span = max_seq_len if window is None else min(max_seq_len, window + tok)  # keys one tile reads, at most
+    splits = num_splits or _num_splits(tiles * hkv, span, device)
+    window = NO_WINDOW if window is None else window
     rows = tq * hq
     target = torch.empty(splits, rows, fv, dtype=torch.float32, device=device)
     m = torch.empty(splits, rows, dtype=torch.float32, device=device)
     lse = torch.empty_like(m)
     if decode:
         triton_decode.launch(qf, cache, layout, kspec, vspec, block_table, seq_lens, query_start_loc, new,
-                             constants(device), target, m, lse, splits, qd, qo)
+                             constants(device), target, m, lse, splits, qd, qo, window)
     else:
         nk, nv = new or (qf, qf)  # placeholders: never read unless HAS_NEW
         _attention_kernel[(tiles, hkv, splits)](
             qf, qf if qd is None else qd, qf if qo is None else qo, cache, block_table, seq_lens, query_start_loc, nk,
             nv, constants(device), target, m, lse,
-            block_table.stride(0), num_seqs, rows, splits, 1 if qo is None else qo.shape[-1],
+            block_table.stride(0), num_seqs, rows, splits, 1 if qo is None else qo.shape[-1], window,
             HQ=hq, HKV=hkv, G=group, GP=gpp, TOK=tok, BLOCK_M=max(16, tok * gpp), BLOCK_N=BLOCK_N,
             BS=layout.block_size, SLOT=layout.slot_bytes, **kspec.constexprs("K"), **vspec.constexprs("V"),
             SINGLE=splits == 1, HAS_NEW=new is not None, PREC="tf32" if device.type == "cuda" else "ieee",
@@ -385,7 +398,20 @@ def paged_attention(
                                        FB=min(fv, _MAP_BLOCK), DEC_STRIDE=_head_stride(vmaps.decode),
                                        OFF_STRIDE=0 if offset is None or offset.shape[0] == 1 else d,
                                        HAS_OFFSET=offset is not None, PREC=prec)
+    if sinks is not None:
+        _apply_sinks(out, sinks, m, lse)
     return out
+
+
+def _apply_sinks(out: torch.Tensor, sinks: torch.Tensor, m: torch.Tensor, l_sum: torch.Tensor) -> None:
+    """Scale each output row by the weight its keys keep next to the sink logit: sum / (sum + e^sink), i.e.
+    1 / (1 + 2^(sink log2(e) - log2-sum-exp of the row's scores)) from the splits' max m and sum (splits, rows), in
+    base 2. The value offset scales too: the output is linear in the normalized weights. No host sync."""
+    top = m.max(0).values
+    lse = top + torch.log2((torch.exp2(m - top) * l_sum).sum(0))
+    tq, hq = out.shape[:2]
+    keep = torch.sigmoid((lse.view(tq, hq) - sinks.float() * LOG2E) * math.log(2))
+    out.mul_(keep[..., None].to(out.dtype))
 
 
 def _bucket_scores(query: torch.Tensor, shift: torch.Tensor, hkv: int, scale: float) -> torch.Tensor:

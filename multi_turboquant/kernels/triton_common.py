@@ -19,6 +19,7 @@ LEVELS_ROW = 16
 COS_AT, SIN_AT, BETA_AT = 5 * LEVELS_ROW, 5 * LEVELS_ROW + 256, 5 * LEVELS_ROW + 512
 _COS, _SIN, _BETA = tl.constexpr(COS_AT), tl.constexpr(SIN_AT), tl.constexpr(BETA_AT)
 SUPPORTED_HEAD_DIMS = (32, 64, 128, 256)
+NO_WINDOW = 1 << 30  # the kernels' sliding window for full attention: longer than any sequence
 
 
 @dataclass(frozen=True)
@@ -177,12 +178,13 @@ def softmax_state(BLOCK_M: tl.constexpr, VNA: tl.constexpr, VNB: tl.constexpr, V
 @triton.jit
 def store_state(out_ptr, m_ptr, l_ptr, q_row, row_valid, split, num_rows, m_i, l_i, acc_a, acc_b, acc_c,
                 VNA: tl.constexpr, VNB: tl.constexpr, VNC: tl.constexpr, SINGLE: tl.constexpr):
-    """SINGLE: the normalized features of rows q_row; else split's partials and their max/sum (for the merge)."""
+    """SINGLE: the normalized features of rows q_row; else split's partials; and the max/sum of each (for the merge
+    and for attention sinks)."""
+    part_row = split * num_rows + q_row
     if SINGLE:
         inv = 1.0 / l_i[:, None]
         store_parts(out_ptr, q_row, row_valid, acc_a * inv, acc_b * inv, acc_c * inv, VNA, VNB, VNC)
     else:
-        part_row = split * num_rows + q_row
         store_parts(out_ptr, part_row, row_valid, acc_a, acc_b, acc_c, VNA, VNB, VNC)
-        tl.store(m_ptr + part_row, m_i, mask=row_valid)
-        tl.store(l_ptr + part_row, l_i, mask=row_valid)
+    tl.store(m_ptr + part_row, m_i, mask=row_valid)
+    tl.store(l_ptr + part_row, l_i, mask=row_valid)

@@ -20,8 +20,8 @@ import triton.language as tl
 from ..formats.params import OFFSET_BUCKET
 from .layout import KVCacheLayout
 from .unpack_asm import program, to_ptx
-from .triton_common import (COS_AT, LEVELS_ROW, RecordSpec, load_parts, softmax_state, split_range,
-                             store_state)
+from .triton_common import (COS_AT, LEVELS_ROW, NO_WINDOW, RecordSpec, load_parts, softmax_state,
+                             split_range, store_state)
 
 _COS, _SIN, _BETA = tl.constexpr(COS_AT), tl.constexpr(COS_AT + 256), tl.constexpr(COS_AT + 512)
 _ROW = tl.constexpr(LEVELS_ROW)
@@ -274,12 +274,12 @@ def _scaled_rows(ptr, row, mask, NA: tl.constexpr, NB: tl.constexpr, NC: tl.cons
 
 
 @triton.jit
-def _slots(bt_row, page_base, t, t_hi, cached, HKV: tl.constexpr, BLOCK_N: tl.constexpr, BS: tl.constexpr,
-           SLOT: tl.constexpr):
-    """Record pointers and validity of the BLOCK_N slots of tile t (none valid from tile t_hi on); an invalid slot
-    points into block 0, so its record can be read unmasked."""
+def _slots(bt_row, page_base, t, t_hi, start, cached, HKV: tl.constexpr, BLOCK_N: tl.constexpr,
+           BS: tl.constexpr, SLOT: tl.constexpr):
+    """Record pointers and validity of the BLOCK_N slots of tile t (valid: positions start..cached-1, none from
+    tile t_hi on); an invalid slot points into block 0, so its record can be read unmasked."""
     j = t * BLOCK_N + tl.arange(0, BLOCK_N)
-    valid = (j < cached) & (j < t_hi * BLOCK_N)
+    valid = (j < cached) & (j >= start) & (j < t_hi * BLOCK_N)
     page = tl.load(bt_row + j // BS, mask=valid, other=0).to(tl.int64)
     return page_base + (page * HKV * BS + j % BS) * SLOT, valid
 
@@ -287,7 +287,7 @@ def _slots(bt_row, page_base, t, t_hi, cached, HKV: tl.constexpr, BLOCK_N: tl.co
 @triton.jit(do_not_specialize=["bt_stride", "num_rows", "num_splits"])  # no recompiles as batches change
 def decode_kernel(
     q_ptr, qd_ptr, qo_ptr, cache_ptr, bt_ptr, seq_lens_ptr, qsl_ptr, nk_ptr, nv_ptr, table,
-    out_ptr, m_ptr, l_ptr, bt_stride, num_rows, num_splits, num_buckets,
+    out_ptr, m_ptr, l_ptr, bt_stride, num_rows, num_splits, num_buckets, window,
     HQ: tl.constexpr, HKV: tl.constexpr, G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BS: tl.constexpr, SLOT: tl.constexpr,
     KNA: tl.constexpr, KBA: tl.constexpr, KNB: tl.constexpr, KBB: tl.constexpr, KNC: tl.constexpr,
@@ -315,11 +315,14 @@ def decode_kernel(
     qo = tl.zeros([BLOCK_M], tl.float32)
 
     cached = seq_len - 1 if HAS_NEW else seq_len
-    n_tiles = tl.cdiv(cached, BLOCK_N)
-    t_lo, t_hi = split_range(n_tiles, split, num_splits)
+    start = tl.maximum(seq_len - window, 0)  # the window of the query at seq_len - 1 (earlier pages may be freed)
+    t0 = start // BLOCK_N
+    t_lo, t_hi = split_range(tl.cdiv(cached, BLOCK_N) - t0, split, num_splits)
+    t_lo += t0
+    t_hi += t0
     m_i, l_i, acc_a, acc_b, acc_c = softmax_state(BLOCK_M, VNA, VNB, VNC)
     page_base = cache_ptr + h * BS * SLOT
-    rows, valid = _slots(bt_ptr + b * bt_stride, page_base, t_lo, t_hi, cached, HKV, BLOCK_N, BS, SLOT)
+    rows, valid = _slots(bt_ptr + b * bt_stride, page_base, t_lo, t_hi, start, cached, HKV, BLOCK_N, BS, SLOT)
     # raw words as plain loop-carried tensors (no tuples: older Tritons carry only tensors through loops)
     k0, k1, k2, k3, k4, k5, k6 = _fetch(rows, valid, KNA, KBA, KNB, KBB, KNC, KTURBO, KREC)
     v0, v1, v2, v3, v4, v5, v6 = _fetch(rows + KREC, valid, VNA, VBA, VNB, VBB, VNC, VTURBO, VREC)
@@ -328,7 +331,8 @@ def decode_kernel(
         ka0, ka1, kb0, kb1, kc0, ks0, ks1 = k0, k1, k2, k3, k4, k5, k6
         va0, va1, vb0, vb1, vc0, vs0, vs1 = v0, v1, v2, v3, v4, v5, v6
         # issue the next tile's loads before this tile's math
-        rows, valid = _slots(bt_ptr + b * bt_stride, page_base, t + 1, t_hi, cached, HKV, BLOCK_N, BS, SLOT)
+        rows, valid = _slots(bt_ptr + b * bt_stride, page_base, t + 1, t_hi, start, cached, HKV, BLOCK_N,
+                             BS, SLOT)
         k0, k1, k2, k3, k4, k5, k6 = _fetch(rows, valid, KNA, KBA, KNB, KBB, KNC, KTURBO, KREC)
         v0, v1, v2, v3, v4, v5, v6 = _fetch(rows + KREC, valid, VNA, VBA, VNB, VBB, VNC, VTURBO, VREC)
         ka, kb, kc, ksa, ksb, ksc, kf = _record(ka0, ka1, kb0, kb1, kc0, ks0, ks1, table, KBA, KBB, KTURBO, DT, ASM)
@@ -371,10 +375,11 @@ def launch(qf: torch.Tensor, cache: torch.Tensor, layout: KVCacheLayout, kspec: 
            block_table: torch.Tensor, seq_lens: torch.Tensor, query_start_loc: torch.Tensor,
            new: tuple[torch.Tensor, torch.Tensor] | None, table: torch.Tensor, target: torch.Tensor,
            m: torch.Tensor, lse: torch.Tensor, splits: int, qd: torch.Tensor | None = None,
-           qo: torch.Tensor | None = None) -> None:
+           qo: torch.Tensor | None = None, window: int = NO_WINDOW) -> None:
     """Run decode_kernel: qf (T, Hkv, G, F) float32 query features; new = fresh key/value features (T, Hkv, F);
     qd (T, Hkv, G) = query . (key centroid - key offset) when the keys have a centroid; qo (T, Hkv, G, buckets) =
-    query . (bucket's key offset - first bucket's) when the key offset follows the position.
+    query . (bucket's key offset - first bucket's) when the key offset follows the position; window: the query
+    (at seq_len - 1) sees positions seq_len - window .. seq_len - 1 only.
 
     Writes normalized features to `target` when splits == 1, else partials and their max/sum to target, m, lse.
     """
@@ -383,6 +388,7 @@ def launch(qf: torch.Tensor, cache: torch.Tensor, layout: KVCacheLayout, kspec: 
     decode_kernel[(seq_lens.shape[0], hkv, splits)](
         qf, qf if qd is None else qd, qf if qo is None else qo, cache, block_table, seq_lens, query_start_loc, nk, nv,
         table, target, m, lse, block_table.stride(0), tq * hkv * group, splits, 1 if qo is None else qo.shape[-1],
+        window,
         **constexprs(layout, kspec, vspec, group, dot_dtype(qf.device), splits == 1, new is not None,
                      asm=qf.device.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1",
                      centroid=qd is not None, position=qo is not None),

@@ -47,6 +47,14 @@ class MTQAttentionBackend(AttentionBackend):
         return HEAD_SIZES
 
     @classmethod
+    def supports_sliding_window(cls) -> bool:
+        return True
+
+    @classmethod
+    def supports_sink(cls) -> bool:
+        return True
+
+    @classmethod
     def supports_attn_type(cls, attn_type: str) -> bool:
         return attn_type == AttentionType.DECODER
 
@@ -157,10 +165,8 @@ class MTQAttentionImpl(AttentionImpl[MTQMetadata]):
                  **kwargs) -> None:
         unsupported = {
             "ALiBi": alibi_slopes is not None,
-            "sliding-window attention": sliding_window is not None,
             "logits soft-capping": bool(logits_soft_cap),
             "cross-layer KV sharing": kv_sharing_target_layer_name is not None,
-            "attention sinks": kwargs.get("sinks") is not None,
             f"attention type {attn_type}": attn_type != AttentionType.DECODER,
         }
         refused = [name for name, hit in unsupported.items() if hit]
@@ -170,6 +176,11 @@ class MTQAttentionImpl(AttentionImpl[MTQMetadata]):
         self.head_size = head_size
         self.scale = scale
         self.num_kv_heads = num_kv_heads or num_heads
+        self.sliding_window = sliding_window  # a query at p sees keys p - sliding_window + 1 .. p, as in vLLM
+        self.sinks = kwargs.get("sinks")  # (num_heads,) learned logits in each head's softmax (gpt-oss)
+        if self.sinks is not None and tuple(self.sinks.shape) != (num_heads,):
+            raise ValueError(f"kv_cache_dtype={kv_cache_dtype!r} (multi-turboquant): attention sinks must hold one "
+                             f"logit per query head ({num_heads},), got {tuple(self.sinks.shape)}")
         self.settings = state.settings()
         self._params: tuple[ChannelParams | None, ChannelParams | None] | None = None
         self._max_positions = _max_model_len()
@@ -202,7 +213,8 @@ class MTQAttentionImpl(AttentionImpl[MTQMetadata]):
             return output
         n = attn_metadata.num_actual_tokens
         key_params, value_params = self._channel_params(layer)
-        kwargs = {"max_query_len": attn_metadata.max_query_len, "max_seq_len": attn_metadata.max_seq_len}
+        kwargs = {"max_query_len": attn_metadata.max_query_len, "max_seq_len": attn_metadata.max_seq_len,
+                  "window": self.sliding_window, "sinks": self.sinks}
         target = output[:n]
         if target.is_contiguous() and target.is_cuda:  # the kernels write the output in place
             kwargs["out"] = target.view(n, self.num_heads, self.head_size)

@@ -212,17 +212,24 @@ def hook_attention_layers(names: Iterable[str], kept: Callable[[int, object], bo
     patches.setattr(Attention, "get_kv_cache_spec", get_kv_cache_spec)
 
 
-def packed_kv_spec(*, block_size: int, num_kv_heads: int, head_size: int, head_size_v: int, slot_bytes: int):
-    """A full-attention KV-cache spec whose page is block_size x num_kv_heads x slot_bytes uint8, no padding."""
-    from vllm.v1.kv_cache_interface import FullAttentionSpec
+def packed_kv_spec(*, block_size: int, num_kv_heads: int, head_size: int, head_size_v: int, slot_bytes: int,
+                   sliding_window: int | None = None):
+    """A KV-cache spec whose page is block_size x num_kv_heads x slot_bytes uint8, no padding: full attention, or
+    given `sliding_window` vLLM's SlidingWindowSpec, whose manager frees the blocks that left the window (as for
+    the model dtype; the pages match the full-attention layers' at the same block size)."""
+    from vllm.v1.kv_cache_interface import FullAttentionSpec, SlidingWindowSpec
 
     fields = dict(block_size=block_size, num_kv_heads=num_kv_heads, head_size=head_size, head_size_v=head_size_v,
                   dtype=torch.uint8)
+    if sliding_window is not None:
+        fields["sliding_window"] = sliding_window
     if _running() >= STATE_CONTENT_BYTES:
-        return FullAttentionSpec(**fields, state_content_bytes=slot_bytes)
-    from .spec import PackedKVSpec
+        spec = FullAttentionSpec if sliding_window is None else SlidingWindowSpec
+        return spec(**fields, state_content_bytes=slot_bytes)
+    from .spec import PackedKVSpec, PackedSlidingWindowSpec
 
-    return PackedKVSpec(**fields, slot_bytes=slot_bytes)
+    spec = PackedKVSpec if sliding_window is None else PackedSlidingWindowSpec
+    return spec(**fields, slot_bytes=slot_bytes)
 
 
 def head_major_layouts() -> tuple | None:

@@ -40,6 +40,21 @@ def capacity_tokens(llm) -> int:
     return int(cache.num_gpu_blocks) * int(cache.block_size)
 
 
+def kv_cache_report(llm) -> dict:
+    """The KV cache as vLLM's scheduler allocated it (needs the engine in this process,
+    VLLM_ENABLE_V1_MULTIPROCESSING=0): bytes, blocks, vLLM's group-aware token capacity (sliding-window layers
+    counted by their window, as vLLM's start-up log counts them) and per KV-cache group its spec, window and layers."""
+    from vllm.v1.core.kv_cache_utils import get_kv_cache_capacity
+
+    config = llm.llm_engine.engine_core.engine_core.scheduler.kv_cache_config
+    tokens, _ = get_kv_cache_capacity(llm.llm_engine.vllm_config, config)
+    return {"bytes": sum(t.size for t in config.kv_cache_tensors), "blocks": config.num_blocks, "vllm_tokens": tokens,
+            "groups": [{"spec": type(g.kv_cache_spec).__name__, "sliding_window": getattr(g.kv_cache_spec,
+                                                                                           "sliding_window", None),
+                        "layers": len(g.layer_names), "page_bytes": g.kv_cache_spec.page_size_bytes}
+                       for g in config.kv_cache_groups]}
+
+
 def ideal_ratio(kv_cache_dtype: str, head_dim: int, value_format: str | None = None, model_bytes: int = 2) -> float:
     """Model-dtype bytes over packed bytes for one K+V pair (all layers quantized)."""
     packed = get_format(kv_cache_dtype).bytes_per_vector(head_dim)

@@ -10,12 +10,12 @@ from . import compat, state
 BACKEND = "multi_turboquant.vllm.backend.MTQAttentionBackend"
 logger = logging.getLogger("multi_turboquant")
 WARNED = "MULTI_TURBOQUANT_WARNED"  # set once warned: the processes vLLM starts next inherit it and stay quiet
-# AttentionSelectorConfig flags of layers the formats cannot serve (a flag newer than the running vLLM is never set)
+# AttentionSelectorConfig flags of layers the formats cannot serve (a flag newer than the running vLLM is never set);
+# docs/vllm.md has the table
 REFUSED = {
-    "use_mla": "MLA attention",
+    "use_mla": "MLA attention (its cache holds one latent vector per token shared by all heads, not the per-head K "
+               "and V the formats encode)",
     "use_sparse": "sparse attention",
-    "has_sink": "attention sinks",
-    "has_sliding_window": "sliding-window attention",
     "use_rswa": "reference sliding-window attention",
     "use_non_causal": "non-causal attention",
     "use_dcp": "decode context parallelism",
@@ -94,4 +94,5 @@ def _packed_spec(layer, vllm_config):
         head_size=layer.head_size,
         head_size_v=layer.head_size_v,
         slot_bytes=state.layout(layer.head_size, layer.num_kv_heads, block_size).slot_bytes,
+        sliding_window=getattr(layer, "sliding_window", None),
     )

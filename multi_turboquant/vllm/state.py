@@ -62,7 +62,18 @@ def activate_engine(vllm_config) -> Settings:
     folder = model.model
     if getattr(vllm_config.load_config, "load_format", None) == "dummy":
         folder = None  # random weights: there is nothing to calibrate on, so automatic calibration is off
-    return activate(cache.cache_dtype, vllm_config.additional_config, dims, folder, model.max_model_len)
+    active = activate(cache.cache_dtype, vllm_config.additional_config, dims, folder, model.max_model_len)
+    if active.keep_layers and _mixes_sliding_and_full(model):
+        raise ValueError("multi-turboquant: keep_layers is not supported for a model that mixes sliding-window and "
+                         "full-attention layers (Gemma 3): vLLM's hybrid KV cache needs one page size in all its "
+                         "layer groups, and kept layers' pages are larger than the packed ones; drop keep_layers")
+    return active
+
+
+def _mixes_sliding_and_full(model_config) -> bool:
+    """Whether the model's layer types mix sliding-window and other attention (vLLM's hybrid KV-cache groups)."""
+    types = set(getattr(getattr(model_config, "hf_text_config", None), "layer_types", None) or ())
+    return "sliding_attention" in types and len(types) > 1
 
 
 def settings() -> Settings:

@@ -25,6 +25,7 @@ from multi_turboquant.kernels.layout import KVCacheLayout  # noqa: E402
 from multi_turboquant.kernels.triton_attention import paged_attention  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+GPU_TOL = {"norm_tol": 5e-3} if DEVICE == "cuda" else {}  # fp16/bf16 dot operands on the GPU (see below)
 FORMATS = ("turboquant25", "turboquant35", "isoquant3", "isoquant4", "planarquant3", "planarquant4")
 
 
@@ -43,7 +44,8 @@ class Case:
         self.cache = torch.full(layout.shape(num_blocks), 0xFF, dtype=torch.uint8)
         perm = torch.randperm(num_blocks, generator=gen)
         # entries beyond a sequence's pages name an unused page of 0xFF records (NaN if ever read)
-        self.block_table = torch.full((len(seq_lens), max(pages) + 1), int(perm[-1]), dtype=torch.int32)
+        self.poisoned_page = int(perm[-1])
+        self.block_table = torch.full((len(seq_lens), max(pages) + 1), self.poisoned_page, dtype=torch.int32)
         self.keys, self.values = [], []
         used = 0
         for b, (n, q) in enumerate(zip(seq_lens, q_lens)):
@@ -62,6 +64,14 @@ class Case:
         self.new_key = torch.cat([k[n - q:] for k, n, q in zip(self.keys, seq_lens, q_lens)])
         self.new_value = torch.cat([v[n - q:] for v, n, q in zip(self.values, seq_lens, q_lens)])
 
+    def free_before_window(self, window: int) -> None:
+        """Point the pages wholly before each sequence's first query's window at the poisoned page, as vLLM's
+        sliding-window manager points them at its null block: reading one gives NaN."""
+        starts = self.query_start_loc.tolist()
+        for b, n in enumerate(self.seq_lens.tolist()):
+            first = naive.window_start(n - (starts[b + 1] - starts[b]), window)
+            self.block_table[b, :first // self.layout.block_size] = self.poisoned_page
+
     def args(self, dtype: torch.dtype = torch.float32, fresh: bool = False) -> tuple:
         new = (self.new_key.to(DEVICE, dtype), self.new_value.to(DEVICE, dtype)) if fresh else (None, None)
         return (self.query.to(DEVICE, dtype), self.cache.to(DEVICE), self.layout, self.block_table.to(DEVICE),
@@ -73,7 +83,9 @@ class Case:
         """Kernel vs reference elementwise within tol, or, given norm_tol, by ||out - ref|| / ||ref|| (for float16
         dots, whose rounding moves single elements by more than a tight elementwise bound allows)."""
         args = self.args(dtype, fresh)
-        ref = naive.paged_attention(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
+        sinks = kw.get("sinks")
+        ref = naive.paged_attention(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args),
+                                    window=kw.get("window"), sinks=None if sinks is None else sinks.cpu())
         out = torch.full_like(args[0], float("nan"))
         got = paged_attention(*args, out=out, **kw)
         assert got is out
@@ -193,7 +205,7 @@ def test_position_offset(key_format: str, centroid: bool) -> None:
         cpu_args = [a.cpu() if isinstance(a, torch.Tensor) else a for a in case.args()[:7]]
         plain = naive.paged_attention(*cpu_args, ChannelParams(scale=scale, offset=table[0]))
         # GPU: fp16 key dots, tf32 prefill dots over 700 positions measure 2.0-2.2e-3 (H200, 8 runs)
-        out = case.check(fresh=True, num_splits=2, **({"norm_tol": 5e-3} if DEVICE == "cuda" else {}))
+        out = case.check(fresh=True, num_splits=2, **GPU_TOL)
         assert not torch.allclose(out.cpu(), plain, atol=1e-2)  # the rows past the first changed the result
 
 
@@ -223,6 +235,75 @@ def test_nan_is_never_hidden() -> None:
     assert out[0, 2:].isnan().all() and not out[0, :2].isnan().any()
 
 
+def test_reference_window_boundary() -> None:
+    # vLLM's window (flash-attn window_size=(W - 1, 0)): a query at p sees keys p - W + 1 .. p. With a zero query
+    # every visible key weighs the same, so a value equal to its key's position averages the visible positions.
+    positions = torch.arange(40, dtype=torch.float32)
+    v = positions[:, None, None].expand(40, 1, 16)
+    for window in (1, 2, 7, 40, 100):
+        for first, n in ((0, 40), (30, 10), (39, 1)):
+            out = naive.attend(torch.zeros(n, 2, 16), torch.zeros(40, 1, 16), v[:first + n], 1.0, first, window)
+            q_pos = first + torch.arange(n)
+            lo = (q_pos - window + 1).clamp_min(0)
+            torch.testing.assert_close(out[:, :, 0], ((lo + q_pos) / 2.0)[:, None].expand(n, 2))
+
+
+def test_reference_sinks() -> None:
+    # a sink logit s joins each head's softmax without a value: with a zero query (every key's logit 0) and values
+    # equal to their positions, the output is sum(positions) / (n + e^s)
+    v = torch.arange(10, dtype=torch.float32)[:, None, None].expand(10, 1, 8)
+    sinks = torch.tensor([-30.0, 0.0, 1.5])
+    out = naive.attend(torch.zeros(1, 3, 8), torch.zeros(10, 1, 8), v, 1.0, 9, sinks=sinks)
+    torch.testing.assert_close(out[0, :, 0], 45.0 / (10 + sinks.exp()))
+
+
+@pytest.mark.parametrize("q_lens", [[1, 1, 1], [1, 20, 1]])  # the decode kernel, the prefill kernel
+def test_sinks(q_lens: list[int]) -> None:
+    # gpt-oss: per-head sink logits with a sliding window, value offsets (which the sink scales too) and splits
+    gen = torch.Generator().manual_seed(random.randrange(1 << 30))
+    params = ChannelParams(offset=torch.randn(2, 64, generator=gen))
+    case = Case(_layout("turboquant25", "planarquant4"), seq_lens=[70, 20, 33], q_lens=q_lens, group=2,
+                value_params=params, store_new=False)
+    sinks = (torch.randn(4, generator=gen) * 2).to(DEVICE)
+    plain = case.check(fresh=True, num_splits=2, window=30, **GPU_TOL)
+    out = case.check(fresh=True, num_splits=2, window=30, sinks=sinks, **GPU_TOL)
+    assert not torch.allclose(out, plain, atol=1e-3)
+    case.check(fresh=True, num_splits=1, sinks=sinks, **GPU_TOL)
+
+
+WINDOW_CASES = {  # seq_lens, q_lens, fresh: decode (the decode kernel), prefill and chunked prefill with a decode
+    "decode": ([200, 37, 130, 1], [1, 1, 1, 1], False),
+    "decode-fresh": ([200, 37, 130, 1], [1, 1, 1, 1], True),
+    "prefill-fresh": ([70, 60, 130, 9], [70, 20, 1, 9], True),
+    "chunked": ([100, 9], [33, 9], False),
+}
+
+
+@pytest.mark.parametrize("kind", list(WINDOW_CASES))
+def test_sliding_window(kind: str) -> None:
+    # windows ending inside a page, at a page edge, past a kernel tile (32 prefill / 64 decode positions) and
+    # (decode) of one key; pages before each sequence's first query's window are freed (poisoned)
+    seq_lens, q_lens, fresh = WINDOW_CASES[kind]
+    case = Case(_layout("isoquant4", "turboquant35"), seq_lens=seq_lens, q_lens=q_lens, group=2, store_new=not fresh)
+    full = naive.paged_attention(*case.args(fresh=fresh))
+    windows = (45, 16, 1) if kind.startswith("decode") else (45, 16)  # one key: the decode kernel's case
+    for window in windows:  # longest first: each frees the pages the next one frees and more
+        case.free_before_window(window)
+        out = case.check(fresh=fresh, num_splits=2, window=window, **GPU_TOL)
+        assert not torch.allclose(out.cpu(), full, atol=1e-3)
+
+
+@pytest.mark.parametrize("formats", [("turboquant25", "isoquant4"), ("isoquant3", "planarquant4"),
+                                     ("planarquant3", "turboquant35")])
+def test_head_dim_256_gemma_shape(formats: tuple[str, str]) -> None:
+    # Gemma-3-270M: 4 query heads on 1 KV head of 256 dims, sliding window 512 (here 40); every format as K or V
+    # through the decode and the prefill kernel
+    for q_lens in ([1, 1], [20, 6]):
+        case = Case(_layout(*formats, d=256, hkv=1), seq_lens=[80, 30], q_lens=q_lens, group=4, store_new=False)
+        case.free_before_window(40)
+        case.check(fresh=True, window=40, num_splits=2, **GPU_TOL)
+
+
 def test_bad_input() -> None:
     case = Case(_layout("isoquant4", "isoquant4"), seq_lens=[5], q_lens=[1], group=1)
     args = list(case.args())
@@ -234,6 +315,15 @@ def test_bad_input() -> None:
         paged_attention(torch.zeros(1, 3, 64), *args[1:])
     with pytest.raises(ValueError, match="together"):
         paged_attention(*args[:9], args[0][:, :2])
+    with pytest.raises(ValueError, match=r"sinks must be a float tensor of one logit per query head \(2,\)"):
+        paged_attention(*args, sinks=torch.zeros(3))
+    with pytest.raises(ValueError, match="sinks must be a float tensor"):
+        naive.paged_attention(*args, sinks=torch.zeros(2, dtype=torch.int64))
+    for window in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match=f"sliding window must be None or a positive int.*{window!r}"):
+            paged_attention(*args, window=window)
+        with pytest.raises(ValueError, match="sliding window must be"):
+            naive.paged_attention(*args, window=window)
     layout = KVCacheLayout("isoquant4", "isoquant4", 96, 1, 16)
     with pytest.raises(ValueError, match="unsupported head_dim 96"):
         paged_attention(torch.zeros(1, 1, 96), torch.zeros(layout.shape(1), dtype=torch.uint8), layout,

@@ -67,7 +67,9 @@ def seeded() -> tuple[int, torch.Generator]:
     return seed, torch.Generator().manual_seed(seed)
 
 
-CASES = [(f, d, p) for f in FORMATS for d, p in ((64, True), (128, False))]
+# head_dim 256 (Gemma's) for every format, with its own value format, half of them calibrated
+CASES = [(f, d, p) for f in FORMATS for d, p in ((64, True), (128, False))] + \
+    [(f, 256, i % 2 == 0) for i, f in enumerate(FORMATS)]
 
 
 @pytest.mark.parametrize("key_format,head_dim,with_params", CASES, ids=[f"{f}-d{d}-{'params' if p else 'plain'}"

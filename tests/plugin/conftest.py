@@ -29,6 +29,24 @@ def random_llama(smollm2: Path, out: Path, key_bias: float = 0.0, **shape) -> Pa
 
 
 @pytest.fixture(scope="session")
+def tiny_gemma3(smollm2: Path, tmp_path_factory) -> Path:
+    """A 2-layer Gemma 3 with random weights: a sliding layer (window 16, local RoPE base) and a global one."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny-gemma3")
+    config = Gemma3TextConfig(vocab_size=49152, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=1, head_dim=64, sliding_window=16,
+                              layer_types=["sliding_attention", "full_attention"], max_position_embeddings=4096,
+                              bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    Gemma3ForCausalLM(config).to(torch.bfloat16).save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(smollm2 / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_head128(smollm2: Path, tmp_path_factory) -> Path:
     """A 2-layer Llama with random weights, head_dim 128 and GQA 4."""
     return random_llama(smollm2, tmp_path_factory.mktemp("tiny-head128"), hidden_size=256, intermediate_size=512,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import sys
 import time
 
@@ -60,7 +61,7 @@ def greedy(llm, prompts: list[list[int]], max_tokens: int) -> list:
 
 
 def probe(config: dict) -> dict:
-    from multi_turboquant.vllm.engine import build_llm, capacity_tokens
+    from multi_turboquant.vllm.engine import build_llm, capacity_tokens, kv_cache_report
 
     if config.get("break_codec"):
         _break_codec(config["break_codec"])
@@ -73,11 +74,15 @@ def probe(config: dict) -> dict:
     init_s = time.perf_counter() - start
     result = {
         "name": config["name"],
+        "kv_cache_dtype": config["kv_cache_dtype"],
+        "head_dim": llm.llm_engine.vllm_config.model_config.get_head_size(),
         "capacity_tokens": capacity_tokens(llm),
         "block_size": llm.llm_engine.vllm_config.cache_config.block_size,
         "init_s": round(init_s, 1),
         "token_nll": token_nll(llm, config["windows"]) if config.get("windows") else [],
     }
+    if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":  # the scheduler is in this process
+        result["kv"] = kv_cache_report(llm)
     result["window_nll"] = [sum(nll) / len(nll) for nll in result["token_nll"]]
     if not config.get("token_nll"):
         del result["token_nll"]

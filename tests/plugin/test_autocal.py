@@ -54,7 +54,7 @@ def test_the_key_changes_with_the_config_the_weights_and_the_horizon(tmp_path):
 def test_the_second_call_reads_the_cache(tmp_path, cache, monkeypatch):
     folder, calls, lines = fake_model(tmp_path / "m"), [], []
 
-    def compute(model: Path, horizon: int, out: Path) -> None:
+    def compute(model: Path, horizon: int, out: Path, log=None) -> None:
         calls.append((model, horizon))
         write_calibration(out)
 
@@ -69,7 +69,7 @@ def test_the_second_call_reads_the_cache(tmp_path, cache, monkeypatch):
 
 
 def test_a_failed_computation_leaves_nothing(tmp_path, cache, monkeypatch):
-    def compute(model: Path, horizon: int, out: Path) -> None:
+    def compute(model: Path, horizon: int, out: Path, log=None) -> None:
         out.write_text("half")
         raise RuntimeError("out of memory")
 
@@ -125,3 +125,13 @@ def test_a_real_calibration_of_a_tiny_model(tiny_head128, cache, tmp_path):
     assert cal.layer(0)[0].outliers.shape == (1, 32) and cal.layer(0)[0].centroid is not None
     assert "positions 0-4095" in cal.corpus and "CPython" in cal.corpus
     assert autocal.auto_calibration(tiny_head128, 4096, lines.append) == path and len(lines) == 2
+
+
+def test_a_model_with_a_rope_per_layer_type_is_calibrated_without_position_offsets(tiny_gemma3, cache):
+    # Gemma 3: local and global RoPE bases; the file holds one RoPE, so key statistics stay as observed
+    lines: list[str] = []
+    cal = load_calibration(autocal.auto_calibration(tiny_gemma3, 4096, lines.append))
+    assert (cal.num_layers, cal.num_kv_heads, cal.head_dim) == (2, 1, 64)
+    assert cal.rope is None and not any(key.positional for key, _ in cal.layers)
+    assert "as observed" in cal.corpus and "differs by layer type" in cal.corpus
+    assert any("local and global RoPE bases" in line for line in lines)

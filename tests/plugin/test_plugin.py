@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -92,9 +93,8 @@ def test_selector_routes_only_our_formats():
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"use_mla": True}, "MLA"),
-    ({"has_sink": True}, "sinks"),
-    ({"has_sliding_window": True}, "sliding-window"),
+    ({"use_mla": True}, r"MLA attention \(its cache holds one latent vector per token shared by all heads, not the "
+                        "per-head K and V"),
     ({"use_non_causal": True}, "non-causal"),
     ({"use_pcp": True}, "prefill context parallelism"),
     ({"use_dcp": True}, "decode context parallelism"),  # vLLM 0.29+
@@ -122,6 +122,23 @@ def test_page_is_the_packed_bytes():
         type(spec).merge([spec, packed_spec(68)])
 
 
+def test_sliding_layers_get_vllms_sliding_window_spec():
+    # vLLM's SlidingWindowManager (chosen by the spec's type) frees the blocks that left the window; the page is
+    # the full-attention layers' packed page, and the per-request block cap the window's
+    from vllm.v1.core.single_type_kv_cache_manager import SlidingWindowManager
+    from vllm.v1.kv_cache_interface import FullAttentionSpec, SlidingWindowSpec
+    from vllm.v1.kv_cache_spec_registry import KVCacheSpecRegistry
+
+    spec = compat.packed_kv_spec(block_size=32, num_kv_heads=1, head_size=256, head_size_v=256, slot_bytes=260,
+                                 sliding_window=512)
+    assert isinstance(spec, SlidingWindowSpec) and not isinstance(spec, FullAttentionSpec)
+    assert spec.sliding_window == 512
+    assert KVCacheSpecRegistry.get_manager_class(spec) is SlidingWindowManager
+    assert spec.page_size_bytes == 32 * 260 == packed_spec(260).page_size_bytes // 3
+    assert type(spec).merge([spec, spec]) == spec
+    assert spec.max_admission_blocks_per_request(max_in_flight_tokens=32, max_model_len=8192) == 18
+
+
 def test_vllm_views_the_cache_as_the_kernels_lay_it_out():
     state.activate("isoquant4", {})
     layout = state.layout(64, 3, 32)
@@ -145,10 +162,9 @@ def test_cache_shape_follows_the_active_formats():
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"sliding_window": 128}, "sliding-window"),
     ({"alibi_slopes": [1.0] * 4}, "ALiBi"),
     ({"logits_soft_cap": 30.0}, "soft-capping"),
-    ({"sinks": torch.zeros(4)}, "sinks"),
+    ({"sinks": torch.zeros(3)}, r"attention sinks must hold one logit per query head \(4,\), got \(3,\)"),
 ])
 def test_impl_refuses_unsupported_features(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -194,6 +210,47 @@ def test_chunked_prefill_and_decode_match_one_prefill():
     ref = naive.paged_attention(q, cache, state.layout(64, 2, 16), table, torch.tensor([40]),
                                 torch.tensor([0, 40]), 0.125)
     torch.testing.assert_close(whole.reshape(40, 4, 64), ref)
+
+
+def test_sinks_and_sliding_windows_are_served():
+    assert MTQAttentionBackend.supports_sink() and MTQAttentionBackend.supports_sliding_window()
+    for kw in ({"has_sink": True}, {"has_sliding_window": True}):
+        if set(kw) <= set(AttentionSelectorConfig._fields):
+            assert current_platform.get_attn_backend_cls(None, selector("isoquant3", 64, **kw)) == plugin.BACKEND
+
+
+def test_keep_layers_is_refused_for_a_model_mixing_sliding_and_full_layers():
+    # vLLM's hybrid KV cache needs one page size across its groups (its own error otherwise, mid-build)
+    def engine(layer_types, keep):
+        model = SimpleNamespace(get_num_layers=lambda parallel: 2, get_total_num_kv_heads=lambda: 1,
+                                get_head_size=lambda: 64, model="m", max_model_len=1024,
+                                hf_text_config=SimpleNamespace(layer_types=layer_types))
+        extra = {"multi_turboquant": {"calibration": "none", "keep_layers": keep}}
+        return SimpleNamespace(model_config=model, parallel_config=None,
+                               cache_config=SimpleNamespace(cache_dtype="isoquant4"), additional_config=extra)
+
+    with pytest.raises(ValueError, match="keep_layers is not supported for a model that mixes sliding-window"):
+        state.activate_engine(engine(["sliding_attention", "full_attention"], [1]))
+    assert state.activate_engine(engine(["sliding_attention", "full_attention"], [])).keep_layers == frozenset()
+    assert state.activate_engine(engine(["full_attention"] * 2, [1])).keep_layers == {1}
+
+
+def test_sliding_window_layer_attends_within_its_window():
+    # the impl takes vLLM's sliding_window and every chunking gives the reference's windowed attention
+    torch.manual_seed(0)
+    state.activate("isoquant4", {})
+    layout = state.layout(64, 2, 16)
+    sinks = torch.tensor([0.5, -1.0, 2.0, 0.0])  # gpt-oss: both features in one layer
+    impl = MTQAttentionImpl(4, 64, 0.125, 2, sliding_window=10, kv_cache_dtype="isoquant4", sinks=sinks)
+    q, k, v = torch.randn(40, 4, 64), torch.randn(40, 2, 64), torch.randn(40, 2, 64)
+    table = torch.tensor([[5, 1, 7]], dtype=torch.int32)
+    whole = run_chunks(impl, q, k, v, [40], table)
+    torch.testing.assert_close(run_chunks(impl, q, k, v, [17, 20, 1, 1, 1], table), whole, rtol=1e-5, atol=1e-5)
+    cache = torch.zeros(layout.shape(8), dtype=torch.uint8)
+    naive.store(k, v, cache, (table[0, torch.arange(40) // 16].long() * 16 + torch.arange(40) % 16), layout)
+    args = (q, cache, layout, table, torch.tensor([40]), torch.tensor([0, 40]), 0.125)
+    torch.testing.assert_close(whole.reshape(40, 4, 64), naive.paged_attention(*args, window=10, sinks=sinks))
+    assert not torch.allclose(whole.reshape(40, 4, 64), naive.paged_attention(*args, window=10), atol=1e-2)
 
 
 def write_calibration(path, layers: int, heads: int = 2, head_dim: int = 64):
