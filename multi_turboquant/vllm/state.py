@@ -60,7 +60,7 @@ def activate_engine(vllm_config) -> Settings:
     # the calibration covers every KV head; each tensor-parallel rank takes its own (channel_params)
     dims = (model.get_num_layers(parallel), model.get_total_num_kv_heads(), model.get_head_size())
     folder = model.model
-    if getattr(vllm_config.load_config, "load_format", None) == "dummy":
+    if getattr(getattr(vllm_config, "load_config", None), "load_format", None) == "dummy":
         folder = None  # random weights: there is nothing to calibrate on, so automatic calibration is off
     active = activate(cache.cache_dtype, vllm_config.additional_config, dims, folder, model.max_model_len)
     if active.keep_layers and _mixes_sliding_and_full(model):
