@@ -11,16 +11,7 @@
 #                                                # anchor_bench passes $ANCHOR_ADDITIONAL_CONFIG to LLM)
 set -u
 STEP=${1:-sweep}
-export PYTHONUNBUFFERED=1
-mkdir -p /tmp/logs
-bash .carry/assemble.sh /tmp/stash /tmp/gpuvllm > /tmp/logs/assemble.log 2>&1 || { tail -20 /tmp/logs/assemble.log; exit 1; }
-# the plugin's entry point without pip: a dist-info next to the source tree on PYTHONPATH
-META=/tmp/mtqsite/multi_turboquant-0.1.0.dist-info
-mkdir -p $META
-printf 'Metadata-Version: 2.1\nName: multi-turboquant\nVersion: 0.1.0\n' > $META/METADATA
-printf '[vllm.general_plugins]\nmulti_turboquant = multi_turboquant.vllm.plugin:register\n' > $META/entry_points.txt
-export PYTHONPATH=$PWD:/tmp/mtqsite:/tmp/gpuvllm/site:/tmp/gpuvllm/vllm-parent VLLM_USE_FLASHINFER_SAMPLER=0 \
-       VLLM_NO_USAGE_STATS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+source benchmarks/gpu_vllm_env.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 FORMATS="isoquant3 isoquant4 planarquant3 planarquant4 turboquant25 turboquant35"
 HEAD_DIMS=${HEAD_DIMS:-64 128}  # both take longer than one call: run HEAD_DIMS=64, then HEAD_DIMS=128

@@ -7,15 +7,7 @@
 #   DTYPES=auto,isoquant3 bash benchmarks/h200_e2e.sh a        # the anchor workload, with perplexity
 set -u
 STEP=${1:?step: a, b, c or checks}
-export PYTHONUNBUFFERED=1
-bash .carry/assemble.sh /tmp/stash /tmp/gpuvllm > /tmp/assemble.log 2>&1 || { tail -20 /tmp/assemble.log; exit 1; }
-# the plugin's entry point without pip: a dist-info next to the source tree on PYTHONPATH
-META=/tmp/mtqsite/multi_turboquant-0.1.0.dist-info
-mkdir -p $META
-printf 'Metadata-Version: 2.1\nName: multi-turboquant\nVersion: 0.1.0\n' > $META/METADATA
-printf '[vllm.general_plugins]\nmulti_turboquant = multi_turboquant.vllm.plugin:register\n' > $META/entry_points.txt
-export PYTHONPATH=$PWD:/tmp/mtqsite:/tmp/gpuvllm/site:/tmp/gpuvllm/vllm-parent VLLM_USE_FLASHINFER_SAMPLER=0 \
-       VLLM_NO_USAGE_STATS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+source benchmarks/gpu_vllm_env.sh
 M=/tmp/gpuvllm/smollm2-135m-hf
 TEXTS=/tmp/gpuvllm/bundle/texts
 cat $TEXTS/GPL-3 $TEXTS/LGPL-2.1 $TEXTS/MPL-2.0 $TEXTS/Apache-2.0 > /tmp/pool.txt
