@@ -92,11 +92,9 @@ def drive(llm, prompts: list[list[int]], params) -> dict:
 
 
 def perplexity(llm, ids: list[int]) -> dict:
-    """Teacher-forced perplexity of ids from vLLM's prompt logprobs (prefill in max_num_batched_tokens chunks)."""
-    from vllm import SamplingParams
-    out = llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0),
-                       use_tqdm=False)[0]
-    nll = [-out.prompt_logprobs[j][ids[j]].logprob for j in range(1, len(ids))]
+    """Teacher-forced perplexity of ids (vLLM's prompt logprobs)."""
+    from multi_turboquant.vllm.engine import token_nll
+    nll = token_nll(llm, [ids])[0]
     return {"tokens": len(ids), "ppl": round(math.exp(sum(nll) / len(nll)), 4)}
 
 

@@ -13,8 +13,9 @@ import sys
 
 
 def main() -> None:
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
+    from vllm import LLM
+
+    from multi_turboquant.vllm.engine import token_nll
 
     model, dtype = sys.argv[1], sys.argv[2]
     calibration = sys.argv[3] if len(sys.argv) > 3 else "-"
@@ -24,8 +25,7 @@ def main() -> None:
     llm = LLM(model=model, kv_cache_dtype=dtype, max_model_len=max(n + 16, 2048), max_num_batched_tokens=512,
               enable_prefix_caching=False, additional_config={"multi_turboquant": plugin})
     ids = llm.get_tokenizer().encode(open(text, encoding="utf-8").read(), add_special_tokens=False)[:n]
-    out = llm.generate([TokensPrompt(prompt_token_ids=ids)], SamplingParams(max_tokens=1, prompt_logprobs=0))
-    nll = [-step[t].logprob for step, t in zip(out[0].prompt_logprobs[1:], ids[1:])]
+    nll = token_nll(llm, [ids])[0]
     half = len(nll) // 2
     print(f"{dtype} calibration={calibration}: {len(ids)} tokens, PPL {math.exp(sum(nll) / len(nll)):.4f}, "
           f"2nd half {math.exp(sum(nll[half:]) / len(nll[half:])):.4f}")

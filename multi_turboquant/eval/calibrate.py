@@ -32,8 +32,9 @@ class LayerKV:
     #   and E[x_i x_(i+d/2)] (H, d/2); None for a model without a rotary embedding
 
 
-PER_LAYER_ROPE = ("its rotary embedding differs by layer type (local and global RoPE bases, as in Gemma 3), and the "
-                  "calibration file holds one RoPE: key statistics as observed, key offsets not following the position")
+PER_LAYER_ROPE_WHY = ("its rotary embedding differs by layer type (local and global RoPE bases, as in Gemma 3), and "
+                      "the calibration file holds one RoPE")
+PER_LAYER_ROPE = f"{PER_LAYER_ROPE_WHY}: key statistics as observed, key offsets not following the position"
 
 
 def _rotary_module(lm: LoadedModel):
@@ -196,7 +197,7 @@ def calibrate(lm: LoadedModel, ids: torch.Tensor, window: int, n_outliers: int, 
     span = f"key statistics for positions 0-{horizon - 1}" if rotation is not None else \
         f"key statistics as observed in windows of {window}"
     if per_layer_rope(lm):
-        span += f" ({PER_LAYER_ROPE.split(': ')[0]})"
+        span += f" ({PER_LAYER_ROPE_WHY})"
     if rope is not None:
         span += f", key offsets per {OFFSET_BUCKET} positions"
     return save_calibration(path, layers, head_dim=lm.head_dim, num_kv_heads=lm.num_kv_heads, model=str(lm.path),

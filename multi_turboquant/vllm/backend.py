@@ -96,16 +96,11 @@ class MTQMetadataBuilder(AttentionMetadataBuilder[MTQMetadata]):
 
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
-
-    def _position_buffer(self, n: int, device: torch.device) -> torch.Tensor:
-        """One buffer kept for every step (a replayed CUDA graph reads the address it was captured with), sized for
-        the largest step the scheduler makes and at least n."""
-        buf = getattr(self, "_positions", None)
-        if buf is None or buf.shape[0] < n:
-            sched = getattr(self.vllm_config, "scheduler_config", None)
-            size = max(n, getattr(sched, "max_num_batched_tokens", 0), getattr(sched, "max_num_seqs", 0))
-            buf = self._positions = torch.zeros(size, dtype=torch.int64, device=device)
-        return buf  # whole: a step padded for a CUDA graph stores more rows (padding, slot -1) than it schedules
+        sched = vllm_config.scheduler_config
+        # one buffer for every step (a replayed CUDA graph reads the address it was captured with), passed whole: a
+        # step padded for a CUDA graph stores more rows (padding, slot -1) than it schedules
+        self._positions = torch.zeros(max(sched.max_num_batched_tokens, sched.max_num_seqs), dtype=torch.int64,
+                                      device=device)
 
     def build_for_cudagraph_capture(self, common_attn_metadata: CommonAttentionMetadata) -> MTQMetadata:
         """A captured graph serves every later context length: split the KV for the longest the model allows."""
@@ -116,7 +111,7 @@ class MTQMetadataBuilder(AttentionMetadataBuilder[MTQMetadata]):
     def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
               fast_build: bool = False) -> MTQMetadata:
         m = common_attn_metadata
-        positions = self._position_buffer(m.num_actual_tokens, m.seq_lens.device)
+        positions = self._positions
         positions[:m.num_actual_tokens].copy_(token_positions(m.seq_lens, m.query_start_loc, m.num_actual_tokens))
         return MTQMetadata(
             num_actual_tokens=m.num_actual_tokens,

@@ -42,16 +42,6 @@ def _break_codec(kind: str) -> None:
     naive.store = broken_store
 
 
-def token_nll(llm, windows: list[list[int]]) -> list[list[float]]:
-    """Per-token NLL of each window's tokens 1..n given the tokens before them (vLLM prompt logprobs)."""
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
-
-    params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
-    outs = llm.generate([TokensPrompt(prompt_token_ids=w) for w in windows], params, use_tqdm=False)
-    return [[-step[t].logprob for step, t in zip(out.prompt_logprobs[1:], ids[1:])] for out, ids in zip(outs, windows)]
-
-
 def greedy(llm, prompts: list[list[int]], max_tokens: int) -> list:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
@@ -61,7 +51,7 @@ def greedy(llm, prompts: list[list[int]], max_tokens: int) -> list:
 
 
 def probe(config: dict) -> dict:
-    from multi_turboquant.vllm.engine import build_llm, capacity_tokens, kv_cache_report
+    from multi_turboquant.vllm.engine import build_llm, capacity_tokens, kv_cache_report, token_nll
 
     if config.get("break_codec"):
         _break_codec(config["break_codec"])

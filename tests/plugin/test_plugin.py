@@ -303,8 +303,9 @@ def test_decode_batches_replay_full_cuda_graphs_split_for_the_longest_context():
     from multi_turboquant.vllm.backend import MTQMetadataBuilder
 
     assert MTQMetadataBuilder.get_cudagraph_support(None, None) == AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE
-    builder = MTQMetadataBuilder.__new__(MTQMetadataBuilder)
-    builder.vllm_config = SimpleNamespace(model_config=SimpleNamespace(max_model_len=4096))
+    config = SimpleNamespace(model_config=SimpleNamespace(max_model_len=4096),
+                             scheduler_config=SimpleNamespace(max_num_batched_tokens=8, max_num_seqs=4))
+    builder = MTQMetadataBuilder(None, [], config, torch.device("cpu"))
     common = SimpleNamespace(num_actual_tokens=2, max_query_len=1, max_seq_len=7, query_start_loc=torch.arange(3),
                              seq_lens=torch.tensor([7, 5]), block_table_tensor=torch.zeros(2, 1),
                              slot_mapping=torch.arange(2))
@@ -360,8 +361,8 @@ def test_positions_cover_padded_and_dummy_steps(monkeypatch):
 
     from multi_turboquant.vllm import backend
 
-    builder = backend.MTQMetadataBuilder.__new__(backend.MTQMetadataBuilder)
-    builder.vllm_config = SimpleNamespace(scheduler_config=SimpleNamespace(max_num_batched_tokens=8, max_num_seqs=4))
+    config = SimpleNamespace(scheduler_config=SimpleNamespace(max_num_batched_tokens=8, max_num_seqs=4))
+    builder = backend.MTQMetadataBuilder(None, [], config, torch.device("cpu"))
     common = SimpleNamespace(num_actual_tokens=2, max_query_len=1, max_seq_len=7, query_start_loc=torch.arange(3),
                              seq_lens=torch.tensor([7, 5]), block_table_tensor=torch.zeros(2, 1),
                              slot_mapping=torch.arange(2))
