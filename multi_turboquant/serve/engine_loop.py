@@ -162,6 +162,7 @@ class EngineLoop:
             while True:
                 idle = not self._running
                 if not self._apply(self._commands.get() if idle else None):
+                    self._count()  # the commands applied before the stop (an abort frees blocks) show in stats
                     return
                 if self._running:
                     self._dispatch(self.engine.step())
