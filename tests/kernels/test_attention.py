@@ -78,14 +78,18 @@ class Case:
                 self.seq_lens.to(DEVICE), self.query_start_loc.to(DEVICE), 0.3, self.key_params, self.value_params,
                 *new)
 
+    def reference(self, dtype: torch.dtype = torch.float32, fresh: bool = False, window: int | None = None,
+                  sinks: torch.Tensor | None = None) -> torch.Tensor:
+        """The plain-PyTorch result, computed on the CPU whatever DEVICE is."""
+        args = (a.cpu() if isinstance(a, torch.Tensor) else a for a in self.args(dtype, fresh))
+        return naive.paged_attention(*args, window=window, sinks=None if sinks is None else sinks.cpu())
+
     def check(self, dtype: torch.dtype = torch.float32, fresh: bool = False, tol: float = 2e-4,
               norm_tol: float | None = None, **kw) -> torch.Tensor:
         """Kernel vs reference elementwise within tol, or, given norm_tol, by ||out - ref|| / ||ref|| (for float16
         dots, whose rounding moves single elements by more than a tight elementwise bound allows)."""
         args = self.args(dtype, fresh)
-        sinks = kw.get("sinks")
-        ref = naive.paged_attention(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args),
-                                    window=kw.get("window"), sinks=None if sinks is None else sinks.cpu())
+        ref = self.reference(dtype, fresh, window=kw.get("window"), sinks=kw.get("sinks"))
         out = torch.full_like(args[0], float("nan"))
         got = paged_attention(*args, out=out, **kw)
         assert got is out
@@ -285,7 +289,7 @@ def test_sliding_window(kind: str) -> None:
     # (decode) of one key; pages before each sequence's first query's window are freed (poisoned)
     seq_lens, q_lens, fresh = WINDOW_CASES[kind]
     case = Case(_layout("isoquant4", "turboquant35"), seq_lens=seq_lens, q_lens=q_lens, group=2, store_new=not fresh)
-    full = naive.paged_attention(*case.args(fresh=fresh))
+    full = case.reference(fresh=fresh)
     windows = (45, 16, 1) if kind.startswith("decode") else (45, 16)  # one key: the decode kernel's case
     for window in windows:  # longest first: each frees the pages the next one frees and more
         case.free_before_window(window)
