@@ -20,8 +20,10 @@ from ..formats.params import ChannelParams
 from ..formats.registry import FORMATS
 from ..kernels import ops
 from ..kernels.layout import KVCacheLayout
+from ..kernels import prefill as dense_prefill
 from ..kernels.naive import token_positions
 from . import compat, state
+from .settings import FLASH
 
 HEAD_SIZES = list(range(MIN_HEAD_DIM, MAX_HEAD_DIM + 1, HEAD_DIM_MULTIPLE))
 
@@ -87,6 +89,35 @@ class MTQMetadata:
     block_table: torch.Tensor
     slot_mapping: torch.Tensor
     positions: torch.Tensor  # each scheduled token's position in its sequence (for position-dependent key offsets)
+    prefill: PrefillSplit | None = None  # set where the prefill rows go to FlashAttention (settings.prefill "flash")
+
+
+@dataclass
+class PrefillSplit:
+    """A batch ordered decodes first (rows with one query token), then prefill rows, with the prefill rows' lengths
+    on the host (no device sync)."""
+
+    num_decodes: int
+    num_decode_tokens: int
+    seq_lens: list[int]  # of the prefill rows
+    query_start_loc: list[int]  # of the prefill rows, into the batch's tokens (starts at num_decode_tokens)
+
+
+def prefill_split(m: CommonAttentionMetadata) -> PrefillSplit | None:
+    """The split of a batch with prefill rows, or None (decode only, not ordered decodes first, or no host copy
+    of the sequence lengths)."""
+    if m.max_query_len <= 1:
+        return None
+    seq_lens = compat.host_seq_lens(m)
+    if seq_lens is None:
+        return None
+    starts = m.query_start_loc_cpu[:m.num_reqs + 1].tolist()
+    lens = [b - a for a, b in zip(starts, starts[1:])]
+    num_decodes = next((i for i, n in enumerate(lens) if n > 1), len(lens))
+    if any(n <= 1 for n in lens[num_decodes:]):
+        return None
+    return PrefillSplit(num_decodes, starts[num_decodes], seq_lens[num_decodes:m.num_reqs].tolist(),
+                        starts[num_decodes:])
 
 
 class MTQMetadataBuilder(AttentionMetadataBuilder[MTQMetadata]):
@@ -96,6 +127,9 @@ class MTQMetadataBuilder(AttentionMetadataBuilder[MTQMetadata]):
 
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        self._split = torch.device(device).type == "cuda" and state.settings().prefill == FLASH
+        if self._split:
+            self.reorder_batch_threshold = 1  # vLLM orders a batch decodes first
         sched = vllm_config.scheduler_config
         # one buffer for every step (a replayed CUDA graph reads the address it was captured with), passed whole: a
         # step padded for a CUDA graph stores more rows (padding, slot -1) than it schedules
@@ -122,6 +156,7 @@ class MTQMetadataBuilder(AttentionMetadataBuilder[MTQMetadata]):
             block_table=m.block_table_tensor,
             slot_mapping=m.slot_mapping,
             positions=positions,
+            prefill=prefill_split(m) if self._split else None,
         )
 
 
@@ -178,6 +213,10 @@ class MTQAttentionImpl(AttentionImpl[MTQMetadata]):
                              f"logit per query head ({num_heads},), got {tuple(self.sinks.shape)}")
         self.settings = state.settings()
         self._params: tuple[ChannelParams | None, ChannelParams | None] | None = None
+        self._device_params: tuple[ChannelParams | None, ChannelParams | None] | None = None
+        self._flash = None  # vLLM's FlashAttention for prefill rows, where settings and the layer allow it
+        if self.settings.prefill == FLASH and sliding_window is None and self.sinks is None and head_size <= 256:
+            self._flash = compat.flash_attn_varlen()
         self._max_positions = _max_model_len()
 
     def _layout(self, kv_cache: torch.Tensor) -> KVCacheLayout:
@@ -208,6 +247,10 @@ class MTQAttentionImpl(AttentionImpl[MTQMetadata]):
             return output
         n = attn_metadata.num_actual_tokens
         key_params, value_params = self._channel_params(layer)
+        split = attn_metadata.prefill
+        if split is not None and self._flash is not None and query.dtype in (torch.float16, torch.bfloat16):
+            self._forward_split(layer, query, kv_cache, attn_metadata, split, output)
+            return output
         kwargs = {"max_query_len": attn_metadata.max_query_len, "max_seq_len": attn_metadata.max_seq_len,
                   "window": self.sliding_window, "sinks": self.sinks}
         target = output[:n]
@@ -220,3 +263,23 @@ class MTQAttentionImpl(AttentionImpl[MTQMetadata]):
         if out is not kwargs.get("out"):  # the reference path returns a new tensor
             target.copy_(out.reshape(target.shape))
         return output
+
+    def _forward_split(self, layer: torch.nn.Module, query: torch.Tensor, kv_cache: torch.Tensor, meta: MTQMetadata,
+                       split: PrefillSplit, output: torch.Tensor) -> None:
+        """Decode rows through the packed kernel, prefill rows through FlashAttention over their decoded K/V."""
+        d, h, layout = split.num_decode_tokens, self.num_heads, self._layout(kv_cache)
+        n = meta.num_actual_tokens
+        q = query[:n].reshape(n, h, self.head_size)
+        out = output[:n].view(n, h, self.head_size)
+        if split.num_decodes:
+            key_params, value_params = self._channel_params(layer)
+            out[:d] = ops.paged_attention(
+                q[:d], kv_cache, layout, meta.block_table[:split.num_decodes], meta.seq_lens[:split.num_decodes],
+                meta.query_start_loc[:split.num_decodes + 1], self.scale, key_params, value_params, max_query_len=1,
+                max_seq_len=meta.max_seq_len)
+        if self._device_params is None:
+            self._device_params = tuple(None if p is None else p.map(lambda t: t.to(kv_cache.device))
+                                        for p in self._channel_params(layer))
+        out[d:n] = dense_prefill.prefill(q, kv_cache, layout, meta.block_table[split.num_decodes:], split.seq_lens,
+                                         split.query_start_loc, self.scale, *self._device_params,
+                                         attention=self._flash)

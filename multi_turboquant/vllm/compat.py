@@ -240,3 +240,23 @@ def head_major_layouts() -> tuple | None:
     from vllm.v1.kv_cache_interface import KVCacheLayout
 
     return (KVCacheLayout.LBHNC,)
+
+
+def host_seq_lens(metadata: object) -> torch.Tensor | None:
+    """The batch's sequence lengths on the host without a device sync (exact for prefill rows), or None."""
+    return getattr(metadata, "seq_lens_cpu_upper_bound", None)
+
+
+def flash_attn_varlen() -> Callable[..., torch.Tensor] | None:
+    """vLLM's FlashAttention varlen function (kernels/prefill.VarlenAttention) with the version vLLM picks for this
+    GPU; None where vLLM has none (its CPU build, other platforms)."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cuda():
+        return None
+    try:
+        from vllm.v1.attention.backends.fa_utils import get_flash_attn_version
+        from vllm.vllm_flash_attn import flash_attn_varlen_func
+    except ImportError:
+        return None
+    return functools.partial(flash_attn_varlen_func, fa_version=get_flash_attn_version())

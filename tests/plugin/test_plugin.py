@@ -374,3 +374,45 @@ def test_positions_cover_padded_and_dummy_steps(monkeypatch):
         backend._positions("layer", 9, torch.device("cpu"))
     context.attn_metadata = None
     assert backend._positions("layer", 3, torch.device("cpu")).tolist() == [0, 0, 0]
+
+
+def test_prefill_rows_go_to_flash_attention_over_decoded_kv():
+    # a batch ordered decodes first: decode rows through the packed kernel, prefill rows (whole prompts and
+    # continuation chunks) through FlashAttention (here PyTorch's SDPA) over K/V decoded from their pages
+    from multi_turboquant.kernels import prefill
+    from multi_turboquant.vllm.backend import prefill_split
+
+    torch.manual_seed(0)
+    state.activate("isoquant3", {"multi_turboquant": {"calibration": "none"}})
+    layout = state.layout(64, 2, 16)
+    seq_lens, q_lens = [30, 17, 50, 24], [1, 1, 20, 24]
+    table = torch.arange(16, dtype=torch.int32).reshape(4, 4)
+    cache = torch.zeros(layout.shape(16), dtype=torch.uint8)
+    for b, n in enumerate(seq_lens):
+        slots = table[b, torch.arange(n) // 16].long() * 16 + torch.arange(n) % 16
+        naive.store(torch.randn(n, 2, 64), torch.randn(n, 2, 64), cache, slots, layout)
+    starts = torch.tensor([0, *q_lens]).cumsum(0)
+    common = SimpleNamespace(max_query_len=24, num_reqs=4, query_start_loc_cpu=starts,
+                             seq_lens_cpu_upper_bound=torch.tensor(seq_lens))
+    split = prefill_split(common)
+    assert (split.num_decodes, split.num_decode_tokens, split.seq_lens, split.query_start_loc) == \
+        (2, 2, [50, 24], [2, 22, 46])
+    n = int(starts[-1])
+    q = torch.randn(n, 4 * 64, dtype=torch.bfloat16)
+    meta = MTQMetadata(num_actual_tokens=n, max_query_len=24, max_seq_len=50, query_start_loc=starts,
+                       seq_lens=torch.tensor(seq_lens), block_table=table, slot_mapping=torch.arange(n),
+                       positions=torch.zeros(n, dtype=torch.int64), prefill=split)
+    impl = MTQAttentionImpl(4, 64, 0.125, 2, kv_cache_dtype="isoquant3")
+    assert impl._flash is None  # vLLM's CPU build has no FlashAttention
+    packed = impl.forward(Layer(), q, None, None, cache, meta, torch.full((n, 256), float("nan"), dtype=q.dtype))
+    impl._flash = prefill.sdpa_varlen
+    flash = impl.forward(Layer(), q, None, None, cache, meta, torch.full((n, 256), float("nan"), dtype=q.dtype))
+    torch.testing.assert_close(flash, packed, rtol=2e-2, atol=2e-2)  # bf16 K/V handed to the dense kernel
+    assert torch.equal(flash[:2], packed[:2])  # decode rows: the same packed kernel
+    # batches the split does not serve: decode only, prefill rows before decode rows, no host lengths
+    assert prefill_split(SimpleNamespace(**common.__dict__ | {"max_query_len": 1})) is None
+    assert prefill_split(SimpleNamespace(**common.__dict__ | {"query_start_loc_cpu": torch.tensor([0, 20, 21, 22, 46])})) \
+        is None
+    assert prefill_split(SimpleNamespace(**common.__dict__ | {"seq_lens_cpu_upper_bound": None})) is None
+    with pytest.raises(ValueError, match="prefill must be 'flash' or 'packed'"):
+        state.activate("isoquant3", {"multi_turboquant": {"prefill": "fast"}})

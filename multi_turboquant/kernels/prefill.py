@@ -1,0 +1,91 @@
+"""Prefill through a dense attention kernel (FlashAttention in vLLM) over K/V decoded from the packed cache.
+
+A prefill chunk of q tokens attends to up to seq_len keys: q x seq_len dot products per head, where decode has one
+row. Decoding the chunk's context once (seq_len records per KV head) and handing it to a tensor-core attention
+kernel costs far less than dequantizing inside the attention loop, as `triton_attention` does. Every key and value
+still comes from the packed records, the chunk's own included (it was stored first), so the result is the packed
+kernel's up to rounding and quality numbers keep measuring the packed cache.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from ..formats.params import ChannelParams
+from . import naive
+from .layout import KVCacheLayout
+
+# decoded tokens (padded rows x longest row) per gather call: bounds the float32 temporaries of the reference decoder
+GATHER_TOKENS = 1 << 16
+
+
+class VarlenAttention(Protocol):
+    """Causal attention over packed variable-length sequences, FlashAttention's varlen signature: sequence b has
+    queries cu_seqlens_q[b]:cu_seqlens_q[b+1], the last of its keys cu_seqlens_k[b]:cu_seqlens_k[b+1]."""
+
+    def __call__(self, *, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                 cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, softmax_scale: float,
+                 causal: bool) -> torch.Tensor: ...
+
+
+def sdpa_varlen(*, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, softmax_scale: float,
+                causal: bool) -> torch.Tensor:
+    """VarlenAttention by PyTorch's SDPA, one sequence at a time (queries aligned to the keys' end, as in
+    FlashAttention): the stand-in where vLLM's FlashAttention is absent, and the tests' reference."""
+    out = torch.empty_like(q)
+    group = q.shape[1] // k.shape[1]
+    qs, ks = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    for b in range(len(qs) - 1):
+        qb, kb, vb = (t.transpose(0, 1) for t in (q[qs[b]:qs[b + 1]], k[ks[b]:ks[b + 1]], v[ks[b]:ks[b + 1]]))
+        kb, vb = kb.repeat_interleave(group, 0), vb.repeat_interleave(group, 0)
+        n_q, n_k = qb.shape[1], kb.shape[1]
+        mask = None
+        if causal:
+            mask = torch.arange(n_k, device=q.device)[None, :] <= torch.arange(n_k - n_q, n_k, device=q.device)[:, None]
+        out[qs[b]:qs[b + 1]] = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask,
+                                                               scale=softmax_scale).transpose(0, 1)
+    return out
+
+
+def decode_sequences(cache: torch.Tensor, layout: KVCacheLayout, block_table: torch.Tensor, lengths: list[int],
+                     key_params: ChannelParams | None, value_params: ChannelParams | None,
+                     dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V of tokens 0..lengths[b]-1 of each row b of block_table, concatenated: (sum(lengths), heads, head_dim)
+    in dtype. Rows are decoded in groups of at most GATHER_TOKENS padded tokens."""
+    keys, values = [], []
+    b = 0
+    while b < len(lengths):
+        end, longest = b + 1, lengths[b]
+        while end < len(lengths) and max(longest, lengths[end]) * (end + 1 - b) <= GATHER_TOKENS:
+            longest = max(longest, lengths[end])
+            end += 1
+        k, v = naive.gather(cache, layout, block_table[b:end], longest, key_params, value_params)
+        for row, n in enumerate(lengths[b:end]):
+            keys.append(k[row, :n].to(dtype))
+            values.append(v[row, :n].to(dtype))
+        b = end
+    return torch.cat(keys), torch.cat(values)
+
+
+def prefill(query: torch.Tensor, cache: torch.Tensor, layout: KVCacheLayout, block_table: torch.Tensor,
+            seq_lens: list[int], query_start_loc: list[int], scale: float, key_params: ChannelParams | None = None,
+            value_params: ChannelParams | None = None, attention: VarlenAttention = sdpa_varlen) -> torch.Tensor:
+    """naive.paged_attention for a batch whose sequence lengths and query starts are known on the host (no window,
+    no sinks): each sequence's context is decoded from its pages, then `attention` runs over all of them at once."""
+    naive.check_cache(cache, layout)
+    if len(query_start_loc) != len(seq_lens) + 1 or any(
+            n < q1 - q0 or q1 < q0 for n, q0, q1 in zip(seq_lens, query_start_loc, query_start_loc[1:])):
+        raise ValueError(f"prefill: seq_lens {seq_lens} and query_start_loc {query_start_loc} do not fit together")
+    k, v = decode_sequences(cache, layout, block_table, seq_lens, key_params, value_params, query.dtype)
+    cu_k = torch.tensor([0, *seq_lens], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    cu_q = torch.tensor(query_start_loc, dtype=torch.int32)
+    cu_q = cu_q - cu_q[0]
+    q = query[query_start_loc[0]:query_start_loc[-1]]
+    return attention(q=q, k=k, v=v, cu_seqlens_q=cu_q.to(query.device, non_blocking=True),
+                     cu_seqlens_k=cu_k.to(query.device, non_blocking=True),
+                     max_seqlen_q=max(b - a for a, b in zip(query_start_loc, query_start_loc[1:])),
+                     max_seqlen_k=max(seq_lens), softmax_scale=scale, causal=True)
+

@@ -1,0 +1,64 @@
+"""kernels/prefill.py (FlashAttention over decoded K/V) against the packed-cache reference, PyTorch SDPA standing in
+for FlashAttention."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from multi_turboquant.formats.params import ChannelParams
+from multi_turboquant.kernels import naive, prefill
+from multi_turboquant.kernels.layout import KVCacheLayout
+
+
+def _case(layout: KVCacheLayout, seq_lens: list[int], q_lens: list[int], group: int, key_params=None, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    bs, hkv, d = layout.block_size, layout.num_kv_heads, layout.head_dim
+    pages = [-(-n // bs) for n in seq_lens]
+    cache = torch.full(layout.shape(sum(pages) + 1), 0xFF, dtype=torch.uint8)  # unused pages decode to NaN
+    table = torch.full((len(seq_lens), max(pages) + 2), sum(pages), dtype=torch.int32)
+    used = 0
+    for b, n in enumerate(seq_lens):
+        table[b, :pages[b]] = torch.arange(used, used + pages[b])
+        used += pages[b]
+        slots = (table[b, :pages[b]].long()[:, None] * bs + torch.arange(bs)).reshape(-1)[:n]
+        naive.store(torch.randn(n, hkv, d, generator=gen) + 0.3, torch.randn(n, hkv, d, generator=gen), cache, slots,
+                    layout, key_params, None, torch.arange(n))
+    starts = torch.tensor([0, *q_lens]).cumsum(0)
+    query = torch.randn(int(starts[-1]), hkv * group, d, generator=gen)
+    return query, cache, table, torch.tensor(seq_lens), starts
+
+
+@pytest.mark.parametrize("formats, group, d", [(("isoquant3", "planarquant4"), 2, 64),
+                                               (("turboquant35", "isoquant4"), 1, 128),
+                                               (("planarquant3", "turboquant25"), 7, 64)])
+def test_matches_the_packed_reference(formats, group, d, monkeypatch):
+    monkeypatch.setattr(prefill, "GATHER_TOKENS", 160)  # several gather groups, rows of unequal length in one
+    layout = KVCacheLayout(*formats, d, 2, 16)
+    seq_lens, q_lens = [70, 5, 33, 130, 16], [70, 3, 20, 2, 16]  # whole prompts and continuation chunks
+    query, cache, table, lens, starts = _case(layout, seq_lens, q_lens, group)
+    ref = naive.paged_attention(query, cache, layout, table, lens, starts, 0.3)
+    out = prefill.prefill(query, cache, layout, table, seq_lens, starts.tolist(), 0.3)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_rows_after_decode_rows_and_position_offsets():
+    # the backend passes the prefill rows' query starts into the whole batch (after its decode tokens)
+    layout = KVCacheLayout("isoquant4", "isoquant4", 64, 2, 16)
+    gen = torch.Generator().manual_seed(1)
+    params = ChannelParams(position_offset=torch.randn(3, 2, 64, generator=gen), scale=torch.rand(2, 64) + 0.5)
+    query, cache, table, lens, starts = _case(layout, [40, 600, 300], [1, 1, 60], 2, params)
+    ref = naive.paged_attention(query, cache, layout, table, lens, starts, 0.3, params)
+    out = prefill.prefill(query, cache, layout, table[2:], [300], [2, 62], 0.3, params)
+    torch.testing.assert_close(out, ref[2:], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(out, prefill.prefill(query, cache, layout, table[2:], [300], [2, 62], 0.3), atol=1e-2)
+
+
+def test_bad_lengths_are_refused():
+    layout = KVCacheLayout("isoquant4", "isoquant4", 64, 2, 16)
+    query, cache, table, lens, starts = _case(layout, [10], [4], 2)
+    with pytest.raises(ValueError, match="do not fit together"):
+        prefill.prefill(query, cache, layout, table, [3], [0, 4], 0.3)  # more queries than tokens
+    with pytest.raises(ValueError, match="do not fit together"):
+        prefill.prefill(query, cache, layout, table, [10, 4], [0, 4], 0.3)
+    with pytest.raises(ValueError, match="KV cache must be uint8"):
+        prefill.prefill(query, cache.float(), layout, table, [10], [0, 4], 0.3)
