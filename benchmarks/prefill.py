@@ -90,7 +90,8 @@ def main() -> None:
                                max_seqlen_k=ctx, softmax_scale=0.1, causal=True), a.reps)
     print(f"\none layer, a chunk of {chunk} queries at the end of {ctx} tokens, d={d}, {a.query_heads} query / {hkv} "
           f"KV heads; FlashAttention over bf16 K/V: {bf16:.2f} ms\n")
-    print("| format | packed kernel ms | flash over decoded K/V ms | of which decode ms | packed / flash | flash / bf16 |")
+    print("| format | packed kernel ms | flash over decoded K/V ms | of which decode ms | packed / flash | "
+          "flash / bf16 |")
     print("|---|---|---|---|---|---|")
     for fmt in a.formats:
         layout = KVCacheLayout(fmt, fmt, d, hkv, 16)
@@ -100,7 +101,8 @@ def main() -> None:
                                                max_seq_len=ctx), a.reps)
         dense = timed(lambda: prefill.prefill(query, cache, layout, table, [ctx], [0, chunk], 0.1, attention=flash),
                       a.reps)
-        dec = timed(lambda: prefill.decode_sequences(cache, layout, table, [ctx], None, None, torch.bfloat16), a.reps)
+        decode = prefill.decoder(cache, layout)
+        dec = timed(lambda: decode(cache, layout, table, [ctx], None, None, torch.bfloat16), a.reps)
         print(f"| {fmt} | {packed:.2f} | {dense:.2f} | {dec:.2f} | {packed / dense:.1f}x | {dense / bf16:.2f}x |",
               flush=True)
 

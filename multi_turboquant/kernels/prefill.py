@@ -1,8 +1,8 @@
 """Prefill through a dense attention kernel (FlashAttention in vLLM) over K/V decoded from the packed cache.
 
 A prefill chunk of q tokens attends to up to seq_len keys: q x seq_len dot products per head, where decode has one
-row. Decoding the chunk's context once (seq_len records per KV head) and handing it to a tensor-core attention
-kernel costs far less than dequantizing inside the attention loop, as `triton_attention` does. Every key and value
+row. Decoding the chunk's context once (seq_len records per KV head; triton_dequant on CUDA) and handing it to a
+tensor-core attention kernel costs far less than dequantizing inside the attention loop, as `triton_attention` does. Every key and value
 still comes from the packed records, the chunk's own included (it was stored first), so the result is the packed
 kernel's up to rounding and quality numbers keep measuring the packed cache.
 """
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..formats.params import ChannelParams
-from . import naive
+from . import naive, ops
 from .layout import KVCacheLayout
 
 # decoded tokens (padded rows x longest row) per gather call: bounds the float32 temporaries of the reference decoder
@@ -50,11 +50,18 @@ def sdpa_varlen(*, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens
     return out
 
 
+def decoder(cache: torch.Tensor, layout: KVCacheLayout):
+    """decode_sequences for this cache: the Triton decoder (triton_dequant) on CUDA where it serves the layout, else
+    the reference below."""
+    mod = ops.backend_for(cache, "triton_dequant", layout)
+    return decode_sequences if mod is naive else mod.decode_sequences
+
+
 def decode_sequences(cache: torch.Tensor, layout: KVCacheLayout, block_table: torch.Tensor, lengths: list[int],
                      key_params: ChannelParams | None, value_params: ChannelParams | None,
                      dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """K and V of tokens 0..lengths[b]-1 of each row b of block_table, concatenated: (sum(lengths), heads, head_dim)
-    in dtype. Rows are decoded in groups of at most GATHER_TOKENS padded tokens."""
+    in dtype. The reference: rows are decoded by naive.gather in groups of at most GATHER_TOKENS padded tokens."""
     keys, values = [], []
     b = 0
     while b < len(lengths):
@@ -79,7 +86,7 @@ def prefill(query: torch.Tensor, cache: torch.Tensor, layout: KVCacheLayout, blo
     if len(query_start_loc) != len(seq_lens) + 1 or any(
             n < q1 - q0 or q1 < q0 for n, q0, q1 in zip(seq_lens, query_start_loc, query_start_loc[1:])):
         raise ValueError(f"prefill: seq_lens {seq_lens} and query_start_loc {query_start_loc} do not fit together")
-    k, v = decode_sequences(cache, layout, block_table, seq_lens, key_params, value_params, query.dtype)
+    k, v = decoder(cache, layout)(cache, layout, block_table, seq_lens, key_params, value_params, query.dtype)
     cu_k = torch.tensor([0, *seq_lens], dtype=torch.int32).cumsum(0, dtype=torch.int32)
     cu_q = torch.tensor(query_start_loc, dtype=torch.int32)
     cu_q = cu_q - cu_q[0]

@@ -26,6 +26,10 @@ from . import compat, state
 from .settings import FLASH
 
 HEAD_SIZES = list(range(MIN_HEAD_DIM, MAX_HEAD_DIM + 1, HEAD_DIM_MULTIPLE))
+# Prefill rows go to FlashAttention over decoded K/V once a layer's packed-kernel work (query-key pairs x query heads
+# x head_dim) passes this. H200, BENCHMARKS.md "Prefill through FlashAttention": the packed kernel costs 0.15-0.25 ns
+# per unit, the decoding (the torch reference decoder, 190-530 small ops) a few ms per layer whatever the length.
+FLASH_MIN_WORK = 1 << 35
 
 
 class MTQAttentionBackend(AttentionBackend):
@@ -101,6 +105,12 @@ class PrefillSplit:
     num_decode_tokens: int
     seq_lens: list[int]  # of the prefill rows
     query_start_loc: list[int]  # of the prefill rows, into the batch's tokens (starts at num_decode_tokens)
+
+    @property
+    def pairs(self) -> int:
+        """Query-key pairs of the prefill rows: the packed kernel's work per head dimension."""
+        starts = self.query_start_loc
+        return sum((b - a) * n for a, b, n in zip(starts, starts[1:], self.seq_lens))
 
 
 def prefill_split(m: CommonAttentionMetadata) -> PrefillSplit | None:
@@ -248,7 +258,8 @@ class MTQAttentionImpl(AttentionImpl[MTQMetadata]):
         n = attn_metadata.num_actual_tokens
         key_params, value_params = self._channel_params(layer)
         split = attn_metadata.prefill
-        if split is not None and self._flash is not None and query.dtype in (torch.float16, torch.bfloat16):
+        if (split is not None and self._flash is not None and query.dtype in (torch.float16, torch.bfloat16)
+                and split.pairs * self.num_heads * self.head_size >= FLASH_MIN_WORK):
             self._forward_split(layer, query, kv_cache, attn_metadata, split, output)
             return output
         kwargs = {"max_query_len": attn_metadata.max_query_len, "max_seq_len": attn_metadata.max_seq_len,

@@ -9,6 +9,8 @@ from multi_turboquant.formats.params import ChannelParams
 from multi_turboquant.kernels import naive, prefill
 from multi_turboquant.kernels.layout import KVCacheLayout
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: Triton's interpreter (tests/conftest.py)
+
 
 def _case(layout: KVCacheLayout, seq_lens: list[int], q_lens: list[int], group: int, key_params=None, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
@@ -62,3 +64,25 @@ def test_bad_lengths_are_refused():
         prefill.prefill(query, cache, layout, table, [10, 4], [0, 4], 0.3)
     with pytest.raises(ValueError, match="KV cache must be uint8"):
         prefill.prefill(query, cache.float(), layout, table, [10], [0, 4], 0.3)
+
+
+@pytest.mark.parametrize("formats", [("isoquant3", "turboquant25"), ("turboquant35", "planarquant4"),
+                                     ("planarquant3", "isoquant4")])
+def test_triton_decode_matches_the_reference_decoder(formats):
+    # the FlashAttention path's K/V decoder (one Triton launch + a per-head map) against naive.gather, with every
+    # kind of key calibration: scale, centroid (flagged records), position-dependent offsets
+    from multi_turboquant.kernels import triton_dequant
+
+    gen = torch.Generator().manual_seed(2)
+    layout = KVCacheLayout(*formats, 64, 2, 16)
+    scale = None if formats[0].startswith("turbo") else torch.rand(2, 64, generator=gen) + 0.5
+    params = ChannelParams(position_offset=torch.randn(3, 2, 64, generator=gen), scale=scale,
+                           centroid=torch.randn(2, 64, generator=gen))
+    seq_lens = [600, 5, 33]
+    _, cache, table, _, _ = _case(layout, seq_lens, [1, 1, 1], 2, params)
+    for kp in (params, None):
+        ref_k, ref_v = prefill.decode_sequences(cache, layout, table, seq_lens, kp, None, torch.float32)
+        k, v = triton_dequant.decode_sequences(cache.to(DEVICE), layout, table.to(DEVICE), seq_lens,
+                                               kp and kp.map(lambda t: t.to(DEVICE)), None, torch.float32)
+        torch.testing.assert_close(k.cpu(), ref_k, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(v.cpu(), ref_v, rtol=1e-4, atol=1e-4)

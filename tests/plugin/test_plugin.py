@@ -376,10 +376,11 @@ def test_positions_cover_padded_and_dummy_steps(monkeypatch):
     assert backend._positions("layer", 3, torch.device("cpu")).tolist() == [0, 0, 0]
 
 
-def test_prefill_rows_go_to_flash_attention_over_decoded_kv():
+def test_prefill_rows_go_to_flash_attention_over_decoded_kv(monkeypatch):
     # a batch ordered decodes first: decode rows through the packed kernel, prefill rows (whole prompts and
     # continuation chunks) through FlashAttention (here PyTorch's SDPA) over K/V decoded from their pages
     from multi_turboquant.kernels import prefill
+    from multi_turboquant.vllm import backend
     from multi_turboquant.vllm.backend import prefill_split
 
     torch.manual_seed(0)
@@ -406,13 +407,17 @@ def test_prefill_rows_go_to_flash_attention_over_decoded_kv():
     assert impl._flash is None  # vLLM's CPU build has no FlashAttention
     packed = impl.forward(Layer(), q, None, None, cache, meta, torch.full((n, 256), float("nan"), dtype=q.dtype))
     impl._flash = prefill.sdpa_varlen
+    assert split.pairs == 20 * 50 + 24 * 24
+    small = impl.forward(Layer(), q, None, None, cache, meta, torch.full((n, 256), float("nan"), dtype=q.dtype))
+    assert torch.equal(small, packed)  # too little work to pay for decoding the context: the packed kernel
+    monkeypatch.setattr(backend, "FLASH_MIN_WORK", split.pairs * 256)
     flash = impl.forward(Layer(), q, None, None, cache, meta, torch.full((n, 256), float("nan"), dtype=q.dtype))
     torch.testing.assert_close(flash, packed, rtol=2e-2, atol=2e-2)  # bf16 K/V handed to the dense kernel
     assert torch.equal(flash[:2], packed[:2])  # decode rows: the same packed kernel
     # batches the split does not serve: decode only, prefill rows before decode rows, no host lengths
     assert prefill_split(SimpleNamespace(**common.__dict__ | {"max_query_len": 1})) is None
-    assert prefill_split(SimpleNamespace(**common.__dict__ | {"query_start_loc_cpu": torch.tensor([0, 20, 21, 22, 46])})) \
-        is None
+    unordered = torch.tensor([0, 20, 21, 22, 46])
+    assert prefill_split(SimpleNamespace(**common.__dict__ | {"query_start_loc_cpu": unordered})) is None
     assert prefill_split(SimpleNamespace(**common.__dict__ | {"seq_lens_cpu_upper_bound": None})) is None
     with pytest.raises(ValueError, match="prefill must be 'flash' or 'packed'"):
         state.activate("isoquant3", {"multi_turboquant": {"prefill": "fast"}})
