@@ -20,26 +20,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from attention import random_packed_cache, rel_err  # noqa: E402
+from attention import random_packed_cache, rel_err, time_eager as timed  # noqa: E402
 from multi_turboquant.formats.registry import FORMATS  # noqa: E402
 from multi_turboquant.kernels import naive, prefill  # noqa: E402
 from multi_turboquant.kernels.layout import KVCacheLayout  # noqa: E402
 from multi_turboquant.kernels.triton_attention import paged_attention  # noqa: E402
 from multi_turboquant.vllm.compat import flash_attn_varlen  # noqa: E402
-
-
-def timed(fn, reps: int) -> float:
-    """Median ms of fn() over reps calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
 
 
 def check(flash, fmt: str, d: int) -> float:

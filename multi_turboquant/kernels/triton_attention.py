@@ -22,8 +22,8 @@ from .layout import KVCacheLayout
 from .naive import check_cache, check_sinks, check_window, token_positions
 from . import triton_decode
 from .triton_common import check_head_dim
-from .triton_common import (NO_WINDOW, constants, decode_record, load_parts, record_spec, softmax_state,
-                             split_range, store_state)
+from .triton_common import (NO_WINDOW, RecordSpec, constants, decode_record, load_parts, record_spec,
+                             softmax_state, split_range, store_state)
 
 BLOCK_N = 32  # KV positions per inner step of the prefill kernel
 NUM_WARPS = 4
@@ -242,6 +242,18 @@ def feature_maps(name: str, layout: KVCacheLayout, params: ChannelParams | None,
     return hit[1]
 
 
+def streams(layout: KVCacheLayout, key_params: ChannelParams | None, value_params: ChannelParams | None,
+            device: torch.device) -> tuple[RecordSpec, RecordSpec, FeatureMaps, FeatureMaps]:
+    """Record specs and feature maps of the key and value streams; ValueError for a value centroid."""
+    kmaps = feature_maps(layout.key_format, layout, key_params, device)
+    vmaps = feature_maps(layout.value_format, layout, value_params, device)
+    if vmaps.centroid_shift is not None:
+        raise ValueError("triton attention: a value centroid is not supported (keys only; `mtq calibrate` fits "
+                         "none for values); the torch reference path (kernels.naive) decodes it")
+    return (record_spec(layout.key_format, layout.head_dim), record_spec(layout.value_format, layout.head_dim),
+            kmaps, vmaps)
+
+
 def _to_features(x: torch.Tensor, maps: FeatureMaps, positions: torch.Tensor | None = None) -> torch.Tensor:
     """Fresh vectors (T, Hkv, d) at `positions` (T,) (for a position-dependent offset) -> contiguous float32
     features (T, Hkv, F)."""
@@ -322,13 +334,8 @@ def paged_attention(
     _check_inputs(query, cache, layout, block_table, seq_lens, query_start_loc, new_key, new_value)
     check_window(window)
     check_sinks(sinks, query)
-    kspec, vspec = record_spec(layout.key_format, layout.head_dim), record_spec(layout.value_format, layout.head_dim)
     device = query.device
-    kmaps = feature_maps(layout.key_format, layout, key_params, device)
-    vmaps = feature_maps(layout.value_format, layout, value_params, device)
-    if vmaps.centroid_shift is not None:
-        raise ValueError("triton attention: a value centroid is not supported (keys only; `mtq calibrate` fits "
-                         "none for values); the torch reference path (kernels.naive) decodes it")
+    kspec, vspec, kmaps, vmaps = streams(layout, key_params, value_params, device)
     tq, hq, d = query.shape
     hkv = layout.num_kv_heads
     group = hq // hkv

@@ -11,8 +11,8 @@ from ..formats.params import ChannelParams, offset_rows
 from .feature_space import FeatureMaps, per_head_matmul
 from .layout import KVCacheLayout
 from .naive import check_cache
-from .triton_attention import check_layout, feature_maps  # noqa: F401 (check_layout: ops.backend_for)
-from .triton_common import constants, decode_record, record_spec, store_parts
+from .triton_attention import check_layout, streams  # noqa: F401 (check_layout: ops.backend_for)
+from .triton_common import constants, decode_record, store_parts
 
 BLOCK_T = 32  # tokens per program
 
@@ -80,12 +80,8 @@ def decode_sequences(cache: torch.Tensor, layout: KVCacheLayout, block_table: to
                      dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """See prefill.decode_sequences: K and V of tokens 0..lengths[b]-1 of each row b, concatenated, in dtype."""
     check_cache(cache, layout)
-    kspec, vspec = record_spec(layout.key_format, layout.head_dim), record_spec(layout.value_format, layout.head_dim)
     device = cache.device
-    kmaps = feature_maps(layout.key_format, layout, key_params, device)
-    vmaps = feature_maps(layout.value_format, layout, value_params, device)
-    if vmaps.centroid_shift is not None:
-        raise ValueError("triton dequant: a value centroid is not supported (keys only)")
+    kspec, vspec, kmaps, vmaps = streams(layout, key_params, value_params, device)
     hkv, total = layout.num_kv_heads, sum(lengths)
     kf = torch.empty(total, hkv, kmaps.num_features, dtype=torch.float32, device=device)
     vf = torch.empty(total, hkv, vmaps.num_features, dtype=torch.float32, device=device)
