@@ -1,7 +1,7 @@
 """ΔPPL vs `auto` through vLLM's CPU build, each format without calibration and with one calibration file (or the
 plugin's default), on windows of real English read back from the packed cache (prefill in 32-token chunks).
 
-    python benchmarks/vllm_quality.py [--model smollm2|gemma3] [--windows 2] [--tokens 1024] [--calibration FILE]
+    python benchmarks/vllm_quality.py [--model smollm2|gemma3|qwen] [--windows 2] [--tokens 1024] [--calibration FILE]
                                       [--rows none,file,default] [--formats a,b] [--max-model-len 8192] [--out DIR]
 
 Windows are spread over the default corpus (Debian base-files license texts); for a model whose tokenizer starts
@@ -25,10 +25,10 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.e2e_nll_spread import run_probe  # noqa: E402
 from multi_turboquant.eval.corpus import load_text, spread_windows  # noqa: E402
 from multi_turboquant.formats import FORMATS  # noqa: E402
-from multi_turboquant.models import default_model, gemma3_model  # noqa: E402
+from multi_turboquant.models import default_model, gemma3_model, qwen_coder_model  # noqa: E402
 from multi_turboquant.vllm.engine import ideal_ratio  # noqa: E402
 
-MODELS = {"smollm2": default_model, "gemma3": gemma3_model}
+MODELS = {"smollm2": default_model, "gemma3": gemma3_model, "qwen": qwen_coder_model}
 PROMPT_TOKENS, NEW_TOKENS = 48, 24
 
 

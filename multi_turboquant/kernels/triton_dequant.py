@@ -86,6 +86,8 @@ def decode_sequences(cache: torch.Tensor, layout: KVCacheLayout, block_table: to
     kf = torch.empty(total, hkv, kmaps.num_features, dtype=torch.float32, device=device)
     vf = torch.empty(total, hkv, vmaps.num_features, dtype=torch.float32, device=device)
     flags = torch.empty(total, hkv, dtype=torch.float32, device=device) if kmaps.centroid_shift is not None else None
+    if block_table.data_ptr() % 16:  # a row slice: Triton would compile another variant for the unaligned pointer
+        block_table = block_table.clone()
     lens = torch.tensor(lengths, dtype=torch.int32).to(device, non_blocking=True)
     cu = torch.tensor([0, *lengths], dtype=torch.int64).cumsum(0)[:-1].to(torch.int32).to(device, non_blocking=True)
     grid = (len(lengths), triton.cdiv(max(lengths), BLOCK_T), hkv)

@@ -170,15 +170,16 @@ class MTQMetadataBuilder(AttentionMetadataBuilder[MTQMetadata]):
         )
 
 
-def _max_model_len() -> int | None:
-    """The engine's max_model_len while vLLM builds the model (None outside an engine)."""
+def _engine_setting(section: str, name: str) -> int | None:
+    """A setting of the engine's config (e.g. model_config.max_model_len) while vLLM builds the model (None outside
+    an engine)."""
     from vllm.config import get_current_vllm_config
 
     try:
-        model_config = getattr(get_current_vllm_config(), "model_config", None)
+        config = getattr(get_current_vllm_config(), section, None)
     except AssertionError:  # newer vLLMs assert when no config is set
         return None
-    return getattr(model_config, "max_model_len", None)
+    return getattr(config, name, None)
 
 
 def _positions(layer_name: str, n: int, device: torch.device) -> torch.Tensor:
@@ -227,7 +228,9 @@ class MTQAttentionImpl(AttentionImpl[MTQMetadata]):
         self._flash = None  # vLLM's FlashAttention for prefill rows, where settings and the layer allow it
         if self.settings.prefill == FLASH and sliding_window is None and self.sinks is None and head_size <= 256:
             self._flash = compat.flash_attn_varlen()
-        self._max_positions = _max_model_len()
+        self._max_positions = _engine_setting("model_config", "max_model_len")
+        self._block_size = _engine_setting("cache_config", "block_size")
+        self._warmed = False
 
     def _layout(self, kv_cache: torch.Tensor) -> KVCacheLayout:
         return state.layout(self.head_size, self.num_kv_heads, kv_cache.shape[2])
@@ -253,7 +256,9 @@ class MTQAttentionImpl(AttentionImpl[MTQMetadata]):
                 output_scale: torch.Tensor | None = None, output_block_scale: torch.Tensor | None = None) -> torch.Tensor:
         if output_scale is not None or output_block_scale is not None:
             raise NotImplementedError("multi-turboquant: fused output quantization is not supported")
-        if attn_metadata is None:  # profiling run
+        if attn_metadata is None:  # profiling run: compile this layer's kernels (once) before serving
+            if query.is_cuda and not self._warmed and self._block_size:
+                self._warm_up(layer, query.dtype, query.device)
             return output
         n = attn_metadata.num_actual_tokens
         key_params, value_params = self._channel_params(layer)
@@ -274,6 +279,15 @@ class MTQAttentionImpl(AttentionImpl[MTQMetadata]):
         if out is not kwargs.get("out"):  # the reference path returns a new tensor
             target.copy_(out.reshape(target.shape))
         return output
+
+    def _warm_up(self, layer: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> None:
+        layout = state.layout(self.head_size, self.num_kv_heads, self._block_size)
+        if ops.backend_for(torch.empty(0, device=device), "triton_attention", layout) is not ops.naive:
+            from ..kernels import warmup  # Triton: CUDA only
+
+            warmup.warm_up(layout, *self._channel_params(layer), self.num_heads, dtype, device,
+                           self.sliding_window, self.sinks, dequant=self._flash is not None)
+        self._warmed = True
 
     def _forward_split(self, layer: torch.nn.Module, query: torch.Tensor, kv_cache: torch.Tensor, meta: MTQMetadata,
                        split: PrefillSplit, output: torch.Tensor) -> None:

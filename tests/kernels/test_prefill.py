@@ -86,3 +86,39 @@ def test_triton_decode_matches_the_reference_decoder(formats):
                                                kp and kp.map(lambda t: t.to(DEVICE)), None, torch.float32)
         torch.testing.assert_close(k.cpu(), ref_k, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(v.cpu(), ref_v, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("formats, hkv, calibrated", [(("isoquant3", "turboquant25"), 2, True),
+                                                      (("turboquant35", "planarquant4"), 1, False)])
+def test_warm_up_launches_every_variant(formats, hkv, calibrated, monkeypatch):
+    # the engine-start warm-up: store in each of default_warps' classes, decode and prefill with one and two splits,
+    # the FlashAttention path's decoder; each launch really runs (Triton's interpreter on a CPU-only machine)
+    from multi_turboquant.kernels import triton_attention, triton_dequant, triton_store, warmup
+
+    calls = []
+
+    def spy(module, name, describe):
+        real = getattr(module, name)
+
+        def wrapped(*args, **kwargs):
+            calls.append(describe(*args, **kwargs))
+            return real(*args, **kwargs)
+        monkeypatch.setattr(module, name, wrapped)
+
+    assert {triton_store.default_warps(rows) for rows in warmup.STORE_ROWS} == {1, 2, 4}  # every warps class
+    monkeypatch.setattr(warmup, "STORE_ROWS", (1, 3, 5))  # the same launches at interpreter-sized counts
+    spy(triton_store, "store", lambda k, *a, **kw: ("store", k.shape[0] * k.shape[1]))
+    spy(triton_attention, "paged_attention", lambda q, *a, **kw: ("attention", kw["max_query_len"] > 1,
+                                                                  kw["num_splits"], kw["window"]))
+    spy(triton_dequant, "decode_sequences", lambda *a, **kw: ("dequant",))
+    layout = KVCacheLayout(*formats, 64, hkv, 16)
+    params = None
+    if calibrated:
+        params = ChannelParams(position_offset=torch.randn(3, hkv, 64), scale=torch.rand(hkv, 64) + 0.5,
+                               centroid=torch.randn(hkv, 64))
+    warmup.warm_up(layout, params, None, 2 * hkv, torch.float32, torch.device(DEVICE), window=40)
+    tokens = sorted({-(-rows // hkv) for rows in (1, 3, 5)})
+    assert sorted(c for c in calls if c[0] == "store") == [("store", t * hkv) for t in tokens]
+    assert sorted(c for c in calls if c[0] == "attention") == [("attention", p, s, 40) for p in (False, True)
+                                                               for s in (1, 2)]
+    assert calls.count(("dequant",)) == 1
