@@ -11,6 +11,7 @@ from ..formats.params import ChannelParams, offset_rows
 from .feature_space import FeatureMaps, per_head_matmul
 from .layout import KVCacheLayout
 from .naive import check_cache
+from .prefill import GATHER_TOKENS
 from .triton_attention import check_layout, streams  # noqa: F401 (check_layout: ops.backend_for)
 from .triton_common import constants, decode_record, store_parts
 
@@ -37,24 +38,27 @@ def _store_features(rows, valid, table, f_ptr, flag_ptr, out_row, NA: tl.constex
 
 
 @triton.jit(do_not_specialize=["bt_stride"])
-def _features_kernel(cache_ptr, bt_ptr, lens_ptr, cu_ptr, table, kf_ptr, vf_ptr, flag_ptr, bt_stride,
+def _features_kernel(cache_ptr, bt_ptr, seg_ptr, table, kf_ptr, vf_ptr, flag_ptr, bt_stride,
                      HKV: tl.constexpr, BS: tl.constexpr, SLOT: tl.constexpr, BLOCK: tl.constexpr,
                      KNA: tl.constexpr, KBA: tl.constexpr, KNB: tl.constexpr, KBB: tl.constexpr, KNC: tl.constexpr,
                      KTURBO: tl.constexpr, KREC: tl.constexpr,
                      VNA: tl.constexpr, VBA: tl.constexpr, VNB: tl.constexpr, VBB: tl.constexpr, VNC: tl.constexpr,
                      VTURBO: tl.constexpr, VREC: tl.constexpr, KFLAG: tl.constexpr):
-    """Features of tokens tile*BLOCK.. of row `row` of the block table, KV head h, into rows cu[row] + j."""
-    row = tl.program_id(0)
+    """Features of KV head h of segment s = (block-table row, first token, tokens, output row): its tokens
+    tile*BLOCK.. into output rows from the segment's own."""
+    s = tl.program_id(0)
     tile = tl.program_id(1)
     h = tl.program_id(2)
-    n = tl.load(lens_ptr + row)
+    n = tl.load(seg_ptr + 4 * s + 2)
     if tile * BLOCK >= n:
         return
-    j = tile * BLOCK + tl.arange(0, BLOCK)
-    valid = j < n
-    page = tl.load(bt_ptr + row.to(tl.int64) * bt_stride + j // BS, mask=valid, other=0).to(tl.int64)
+    i = tile * BLOCK + tl.arange(0, BLOCK)
+    valid = i < n
+    j = tl.load(seg_ptr + 4 * s + 1) + i  # token positions in the row
+    bt_row = tl.load(seg_ptr + 4 * s).to(tl.int64)
+    page = tl.load(bt_ptr + bt_row * bt_stride + j // BS, mask=valid, other=0).to(tl.int64)
     rows = cache_ptr + ((page * HKV + h) * BS + j % BS) * SLOT
-    out_row = (tl.load(cu_ptr + row) + j).to(tl.int64) * HKV + h
+    out_row = (tl.load(seg_ptr + 4 * s + 3) + i).to(tl.int64) * HKV + h
     _store_features(rows, valid, table, kf_ptr, flag_ptr, out_row, KNA, KBA, KNB, KBB, KNC, KTURBO, KREC, KFLAG)
     _store_features(rows + KREC, valid, table, vf_ptr, flag_ptr, out_row, VNA, VBA, VNB, VBB, VNC, VTURBO, VREC,
                     False)
@@ -75,26 +79,52 @@ def _head_vectors(features: torch.Tensor, maps: FeatureMaps, flags: torch.Tensor
     return x + shift
 
 
+def segments(lengths: list[int], limit: int) -> list[list[tuple[int, int, int]]]:
+    """Rows' tokens 0..lengths[b]-1 as (row, first token, tokens) segments in launch groups of at most `limit`
+    tokens (a longer row is cut), in order."""
+    groups, group, size = [], [], 0
+    for row, n in enumerate(lengths):
+        for start in range(0, n, limit):
+            take = min(limit, n - start)
+            if size + take > limit:
+                groups.append(group)
+                group, size = [], 0
+            group.append((row, start, take))
+            size += take
+    return groups + [group] if group else groups
+
+
 def decode_sequences(cache: torch.Tensor, layout: KVCacheLayout, block_table: torch.Tensor, lengths: list[int],
                      key_params: ChannelParams | None, value_params: ChannelParams | None,
                      dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """See prefill.decode_sequences: K and V of tokens 0..lengths[b]-1 of each row b, concatenated, in dtype."""
+    """See prefill.decode_sequences: K and V of tokens 0..lengths[b]-1 of each row b, concatenated, in dtype. One
+    launch per GATHER_TOKENS tokens bounds the float32 temporaries."""
     check_cache(cache, layout)
     device = cache.device
     kspec, vspec, kmaps, vmaps = streams(layout, key_params, value_params, device)
-    hkv, total = layout.num_kv_heads, sum(lengths)
-    kf = torch.empty(total, hkv, kmaps.num_features, dtype=torch.float32, device=device)
-    vf = torch.empty(total, hkv, vmaps.num_features, dtype=torch.float32, device=device)
-    flags = torch.empty(total, hkv, dtype=torch.float32, device=device) if kmaps.centroid_shift is not None else None
+    hkv, d = layout.num_kv_heads, layout.head_dim
     if block_table.data_ptr() % 16:  # a row slice: Triton would compile another variant for the unaligned pointer
         block_table = block_table.clone()
-    lens = torch.tensor(lengths, dtype=torch.int32).to(device, non_blocking=True)
-    cu = torch.tensor([0, *lengths], dtype=torch.int64).cumsum(0)[:-1].to(torch.int32).to(device, non_blocking=True)
-    grid = (len(lengths), triton.cdiv(max(lengths), BLOCK_T), hkv)
-    _features_kernel[grid](cache, block_table, lens, cu, constants(device), kf, vf, kf if flags is None else flags,
-                           block_table.stride(0), HKV=hkv, BS=layout.block_size, SLOT=layout.slot_bytes, BLOCK=BLOCK_T,
-                           **kspec.constexprs("K"), **vspec.constexprs("V"), KFLAG=flags is not None)
-    positions = None
-    if kmaps.position_shift is not None:
-        positions = torch.cat([torch.arange(n) for n in lengths]).to(device, non_blocking=True)
-    return (_head_vectors(kf, kmaps, flags, positions).to(dtype), _head_vectors(vf, vmaps, None, None).to(dtype))
+    keys = torch.empty(sum(lengths), hkv, d, dtype=dtype, device=device)
+    values = torch.empty_like(keys)
+    done = 0
+    for group in segments(lengths, GATHER_TOKENS):
+        total = sum(n for _, _, n in group)
+        kf = torch.empty(total, hkv, kmaps.num_features, dtype=torch.float32, device=device)
+        vf = torch.empty(total, hkv, vmaps.num_features, dtype=torch.float32, device=device)
+        flags = None if kmaps.centroid_shift is None else torch.empty(total, hkv, dtype=torch.float32, device=device)
+        outs = [0, *torch.tensor([n for _, _, n in group]).cumsum(0).tolist()[:-1]]
+        seg = torch.tensor([(row, start, n, out) for (row, start, n), out in zip(group, outs)], dtype=torch.int32)
+        grid = (len(group), triton.cdiv(max(n for _, _, n in group), BLOCK_T), hkv)
+        _features_kernel[grid](cache, block_table, seg.to(device, non_blocking=True), constants(device), kf, vf,
+                               kf if flags is None else flags, block_table.stride(0), HKV=hkv, BS=layout.block_size,
+                               SLOT=layout.slot_bytes, BLOCK=BLOCK_T, **kspec.constexprs("K"),
+                               **vspec.constexprs("V"), KFLAG=flags is not None)
+        positions = None
+        if kmaps.position_shift is not None:
+            positions = torch.cat([torch.arange(start, start + n) for _, start, n in group]).to(device,
+                                                                                              non_blocking=True)
+        keys[done:done + total] = _head_vectors(kf, kmaps, flags, positions)
+        values[done:done + total] = _head_vectors(vf, vmaps, None, None)
+        done += total
+    return keys, values

@@ -68,7 +68,7 @@ def test_bad_lengths_are_refused():
 
 @pytest.mark.parametrize("formats", [("isoquant3", "turboquant25"), ("turboquant35", "planarquant4"),
                                      ("planarquant3", "isoquant4")])
-def test_triton_decode_matches_the_reference_decoder(formats):
+def test_triton_decode_matches_the_reference_decoder(formats, monkeypatch):
     # the FlashAttention path's K/V decoder (one Triton launch + a per-head map) against naive.gather, with every
     # kind of key calibration: scale, centroid (flagged records), position-dependent offsets
     from multi_turboquant.kernels import triton_dequant
@@ -80,6 +80,7 @@ def test_triton_decode_matches_the_reference_decoder(formats):
                            centroid=torch.randn(2, 64, generator=gen))
     seq_lens = [600, 5, 33]
     _, cache, table, _, _ = _case(layout, seq_lens, [1, 1, 1], 2, params)
+    monkeypatch.setattr(triton_dequant, "GATHER_TOKENS", 256)  # launch groups: the long row cut, short rows joined
     for kp in (params, None):
         ref_k, ref_v = prefill.decode_sequences(cache, layout, table, seq_lens, kp, None, torch.float32)
         k, v = triton_dequant.decode_sequences(cache.to(DEVICE), layout, table.to(DEVICE), seq_lens,
@@ -122,3 +123,11 @@ def test_warm_up_launches_every_variant(formats, hkv, calibrated, monkeypatch):
     assert sorted(c for c in calls if c[0] == "attention") == [("attention", p, s, 40) for p in (False, True)
                                                                for s in (1, 2)]
     assert calls.count(("dequant",)) == 1
+
+
+def test_decode_segments_cut_long_rows_and_join_short_ones():
+    from multi_turboquant.kernels.triton_dequant import segments
+
+    assert segments([600, 5, 33], 256) == [[(0, 0, 256)], [(0, 256, 256)], [(0, 512, 88), (1, 0, 5), (2, 0, 33)]]
+    assert segments([3, 4], 8) == [[(0, 0, 3), (1, 0, 4)]]
+    assert segments([], 8) == []
