@@ -5,8 +5,9 @@
 #   DTYPES=auto,isoquant3 bash benchmarks/h200_e2e.sh b        # Llama-3-8B shape, random weights, 16 x 32K
 #   DTYPES=isoquant3 bash benchmarks/h200_e2e.sh checks        # 256 concurrent, prefix hits, graphs vs eager
 #   DTYPES=auto,isoquant3 bash benchmarks/h200_e2e.sh a        # the anchor workload, with perplexity
+#   bash benchmarks/h200_e2e.sh prefill                         # prefill-path kernel tests + benchmarks/prefill.py
 set -u
-STEP=${1:?step: a, b, c or checks}
+STEP=${1:?step: a, b, c, checks or prefill}
 source benchmarks/gpu_vllm_env.sh
 M=/tmp/gpuvllm/smollm2-135m-hf
 TEXTS=/tmp/gpuvllm/bundle/texts
@@ -19,6 +20,8 @@ case $STEP in
         --out-len 128 --max-model-len 32768 --max-batched 8192 --timeout-per ${TIMEOUT:-280} ;;
   c) $E --workload c --model $M --gpu-mem ${GPU_MEM:-0.07} --n 512 --max-seqs 512 --contexts 2048 --out-len 1024 \
         --max-model-len 2048 --timeout-per ${TIMEOUT:-200} ;;
+  prefill) python3 -m pytest -q -p no:cacheprovider tests/kernels/test_prefill.py 2>&1 | tail -3
+     mkdir -p /tmp/e2e && python3 benchmarks/prefill.py | tee /tmp/e2e/prefill.md ;;
   checks) $E --workload checks --model $M --n 256 --max-seqs 256 --max-model-len 4096 --max-batched 512 \
         --timeout-per ${TIMEOUT:-200} ;;
 esac
