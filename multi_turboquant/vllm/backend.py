@@ -19,8 +19,8 @@ from ..formats.base import HEAD_DIM_MULTIPLE, MAX_HEAD_DIM, MIN_HEAD_DIM
 from ..formats.params import ChannelParams
 from ..formats.registry import FORMATS
 from ..kernels import ops
-from ..kernels.layout import KVCacheLayout
 from ..kernels import prefill as dense_prefill
+from ..kernels.layout import KVCacheLayout
 from ..kernels.naive import token_positions
 from . import compat, state
 from .settings import FLASH
