@@ -104,10 +104,21 @@ class KVHook:
                 t[:, :, start:] = fn(new, positions).transpose(1, 2).to(t.dtype)
         if recent:  # each query reads the stored keys up to p - r and the exact ones after: 2T keys, one mask
             mask = recent_mask(total, self.exact_recent, attention_mask, key.device)
-            kwargs.pop("is_causal", None)
-            return sdpa_attention_forward(module, query, torch.cat((key, exact[0]), 2),
-                                          torch.cat((value, exact[1]), 2), mask, is_causal=False, **kwargs)
+            return _masked_attention(module, query, torch.cat((key, exact[0]), 2), torch.cat((value, exact[1]), 2),
+                                     mask)
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def _masked_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      mask: torch.Tensor) -> tuple[torch.Tensor, None]:
+    """softmax(q k^T * scaling, masked) v in float32 (SDPA with a boolean mask over 2T keys takes its slow path on
+    the CPU); (B, T, heads, d) as transformers' attention functions return it."""
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    key, value = (repeat_kv(t, module.num_key_value_groups).float() for t in (key, value))
+    scores = (query.float() @ key.transpose(-1, -2)) * module.scaling
+    probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    return (probs @ value).to(query.dtype).transpose(1, 2).contiguous(), None
 
 
 def recent_mask(total: int, recent: int, attention_mask: torch.Tensor | None,
