@@ -4,7 +4,8 @@ calibration (`auto_calibration`, CPython's LICENSE, key offsets per 256 position
 
     python benchmarks/sink_window.py [--windows 2] [--tokens 1024] [--horizon 8192]
                                      [--formats isoquant3,planarquant3,turboquant25,isoquant4]
-                                     [--variants 0+0,1+0,4+0,16+0,0+16,0+64,0+128,4+64,16+128] [--out DIR]
+                                     [--variants 0+0,1+0,4+0,16+0,0+16,0+64,0+128,4+64,16+128]
+                                     [--calibration FILE] [--out DIR]
 
 A variant `k+r`: positions 0..k-1 of each window are stored exact (bf16) for every query; a query at position p
 reads positions p-r+1..p exact and the older ones through the format (`KVHook.exact_recent`). Windows are spread
@@ -56,6 +57,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=1024)
     ap.add_argument("--horizon", type=int, default=8192, help="the calibration's horizon (the plugin: max_model_len)")
+    ap.add_argument("--calibration", help="a calibration file instead of the plugin's default")
     ap.add_argument("--formats", default="isoquant3,planarquant3,turboquant25,isoquant4")
     ap.add_argument("--variants", default="0+0,1+0,4+0,16+0,0+16,0+64,0+128,4+64,16+128")
     ap.add_argument("--threads", type=int, default=2)
@@ -64,7 +66,7 @@ def main() -> None:
     variants = [variant(v) for v in a.variants.split(",")]
     torch.set_num_threads(a.threads)
     model = default_model()
-    calibration = load_calibration(auto_calibration(model, a.horizon))
+    calibration = load_calibration(a.calibration or auto_calibration(model, a.horizon))
     lm = load_model(model)
     ids = lm.tokenizer(load_text()[0]).input_ids
     windows = [torch.tensor(w) for w in spread_windows(ids, a.windows, a.tokens)]
