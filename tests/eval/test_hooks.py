@@ -179,3 +179,38 @@ def test_key_moments_average_over_the_horizon(tiny):
     assert torch.allclose(square[0], post.pow(2).mean(0), rtol=0.03, atol=0.03)
     # and the horizon matters: the average rotation shrinks the turning pairs' mean
     assert (mean[0] - mu).abs().max() > 0.5
+
+
+def test_recent_mask_splits_each_query_between_stored_and_exact_keys():
+    from multi_turboquant.eval.hooks import recent_mask
+
+    m = recent_mask(4, 2, None, "cpu")[0, 0].int()
+    # query 3 reads stored keys 0, 1 and exact keys 2, 3; query 0 reads only its own exact key
+    assert m.tolist() == [[0, 0, 0, 0, 1, 0, 0, 0], [0, 0, 0, 0, 1, 1, 0, 0],
+                          [1, 0, 0, 0, 0, 1, 1, 0], [1, 1, 0, 0, 0, 0, 1, 1]]
+    padded = torch.ones(1, 1, 4, 4, dtype=torch.bool).tril()
+    padded[..., 0] = False  # a padded first position
+    assert not recent_mask(4, 2, padded, "cpu")[0, 0, :, [0, 4]].any()
+    with pytest.raises(ValueError, match="boolean"):
+        recent_mask(4, 2, torch.zeros(1, 1, 4, 4), "cpu")
+
+
+def test_exact_recent_window_reads_recent_keys_exact(tiny):
+    model, hook = tiny
+    fmt = format_codec("isoquant3")
+    ids = torch.randint(0, 50, (1, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        hook.layers = {}
+        exact = model(ids, use_cache=False).logits[0]
+        logits = {}
+        for r in (0, 4, 12):
+            hook.use(Scheme(f"i3 r{r}", fmt, fmt, exact_recent=r), LAYERS)
+            logits[r] = model(ids, use_cache=False).logits[0]
+    assert torch.allclose(logits[12], exact, atol=1e-5)  # every query's keys are within its window
+    # within the window of 4 the first 4 positions read exact keys only, later ones stored ones too
+    assert torch.allclose(logits[4][:4], exact[:4], atol=1e-5)
+    assert not torch.allclose(logits[4][4:], exact[4:], atol=1e-4)
+    assert not torch.allclose(logits[4][4:], logits[0][4:], atol=1e-4)
+    with pytest.raises(ValueError, match="whole-window"):
+        greedy(model, ids[:, :5], 2)
+    hook.layers = {}
