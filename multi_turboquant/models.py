@@ -59,6 +59,14 @@ def _converted(out: Path) -> bool:
     return (out / "config.json").is_file() and any(out.glob("*.safetensors"))
 
 
+def _gguf_flag(src: Path, key: str) -> bool | None:
+    """A boolean of the GGUF file's metadata (e.g. tokenizer.ggml.add_bos_token), None if absent."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(src).fields.get(key)
+    return None if field is None else bool(field.parts[field.data[0]][0])
+
+
 def convert_gguf(src: Path, out: Path, log: Log = _stderr) -> Path:
     """Convert the GGUF file `src` with transformers to a bf16 safetensors folder `out` with its tokenizer
     (written to a temporary folder, then renamed)."""
@@ -76,7 +84,11 @@ def convert_gguf(src: Path, out: Path, log: Log = _stderr) -> Path:
         del model.config.quantization_config
     model.save_pretrained(tmp)
     del model
-    AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name).save_pretrained(tmp)
+    tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    add_bos = _gguf_flag(src, "tokenizer.ggml.add_bos_token")
+    if add_bos is not None:  # transformers 5.19 drops it when reading a GGUF (Gemma needs its BOS)
+        tokenizer.add_bos_token = add_bos
+    tokenizer.save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out

@@ -49,3 +49,10 @@ def test_qwen_model_with_a_bad_hash_leaves_nothing_behind(parts: list[Path]) -> 
     with pytest.raises(ValueError, match="sha256"):
         models.qwen_coder_model(log=lambda msg: None)
     assert list((models.cache_dir() / "models").iterdir()) == []
+
+
+def test_gguf_flags_are_read_from_the_metadata() -> None:
+    # the converted tokenizer keeps the GGUF's add_bos_token (transformers 5.19 drops it; Gemma needs its BOS)
+    pytest.importorskip("gguf")
+    assert models._gguf_flag(models.gguf_path(), "tokenizer.ggml.add_bos_token") is False  # SmolLM2: no BOS
+    assert models._gguf_flag(models.gguf_path(), "tokenizer.ggml.no_such_key") is None
