@@ -93,6 +93,8 @@ def gather(
     slots = cache[block_table[:, first:n].long().clamp(0, cache.shape[0] - 1)].transpose(2, 3)
     skip = start - first * layout.block_size
     slots = slots.reshape(rows, -1, layout.num_kv_heads, layout.slot_bytes)[:, skip:skip + length - start]
+    key_params, value_params = (None if p is None else p.map(lambda t: t.to(cache.device))
+                                for p in (key_params, value_params))  # calibration follows the records' device
     if key_params is not None and key_params.positional:  # token i of a row is at position start + i
         key_params = key_params.at(torch.arange(start, length, device=cache.device))
     k = get_format(layout.key_format).decode(slots[..., :layout.key_bytes], layout.head_dim, torch.float32, key_params)

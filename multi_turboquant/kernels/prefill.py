@@ -2,9 +2,9 @@
 
 A prefill chunk of q tokens attends to up to seq_len keys: q x seq_len dot products per head, where decode has one
 row. Decoding the chunk's context once (seq_len records per KV head; triton_dequant on CUDA) and handing it to a
-tensor-core attention kernel costs far less than dequantizing inside the attention loop, as `triton_attention` does. Every key and value
-still comes from the packed records, the chunk's own included (it was stored first), so the result is the packed
-kernel's up to rounding and quality numbers keep measuring the packed cache.
+tensor-core attention kernel costs far less than dequantizing inside the attention loop, as `triton_attention`
+does. Every key and value still comes from the packed records, the chunk's own included (it was stored first), so
+the result is the packed kernel's up to rounding and quality numbers keep measuring the packed cache.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from ..formats.params import ChannelParams
 from . import naive, ops
 from .layout import KVCacheLayout
 
-# decoded tokens (padded rows x longest row) per gather call: bounds the float32 temporaries of the reference decoder
+# decoded tokens per gather call or launch: bounds the decoders' float32 temporaries
 GATHER_TOKENS = 1 << 16
 
 
@@ -44,7 +44,8 @@ def sdpa_varlen(*, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens
         n_q, n_k = qb.shape[1], kb.shape[1]
         mask = None
         if causal:
-            mask = torch.arange(n_k, device=q.device)[None, :] <= torch.arange(n_k - n_q, n_k, device=q.device)[:, None]
+            keys, queries = torch.arange(n_k, device=q.device), torch.arange(n_k - n_q, n_k, device=q.device)
+            mask = keys[None, :] <= queries[:, None]
         out[qs[b]:qs[b + 1]] = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask,
                                                                scale=softmax_scale).transpose(0, 1)
     return out
@@ -57,23 +58,32 @@ def decoder(cache: torch.Tensor, layout: KVCacheLayout):
     return decode_sequences if mod is naive else mod.decode_sequences
 
 
+def segments(lengths: list[int], limit: int) -> list[list[tuple[int, int, int]]]:
+    """Rows' tokens 0..lengths[b]-1 as (row, first token, tokens) segments in groups of at most `limit` tokens (a
+    longer row is cut), in order."""
+    groups, group, size = [], [], 0
+    for row, n in enumerate(lengths):
+        for start in range(0, n, limit):
+            take = min(limit, n - start)
+            if size + take > limit:
+                groups.append(group)
+                group, size = [], 0
+            group.append((row, start, take))
+            size += take
+    return groups + [group] if group else groups
+
+
 def decode_sequences(cache: torch.Tensor, layout: KVCacheLayout, block_table: torch.Tensor, lengths: list[int],
                      key_params: ChannelParams | None, value_params: ChannelParams | None,
                      dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """K and V of tokens 0..lengths[b]-1 of each row b of block_table, concatenated: (sum(lengths), heads, head_dim)
-    in dtype. The reference: rows are decoded by naive.gather in groups of at most GATHER_TOKENS padded tokens."""
+    in dtype. The reference: one naive.gather per segment of at most GATHER_TOKENS tokens."""
     keys, values = [], []
-    b = 0
-    while b < len(lengths):
-        end, longest = b + 1, lengths[b]
-        while end < len(lengths) and max(longest, lengths[end]) * (end + 1 - b) <= GATHER_TOKENS:
-            longest = max(longest, lengths[end])
-            end += 1
-        k, v = naive.gather(cache, layout, block_table[b:end], longest, key_params, value_params)
-        for row, n in enumerate(lengths[b:end]):
-            keys.append(k[row, :n].to(dtype))
-            values.append(v[row, :n].to(dtype))
-        b = end
+    for group in segments(lengths, GATHER_TOKENS):
+        for row, start, n in group:
+            k, v = naive.gather(cache, layout, block_table[row:row + 1], start + n, key_params, value_params, start)
+            keys.append(k[0].to(dtype))
+            values.append(v[0].to(dtype))
     return torch.cat(keys), torch.cat(values)
 
 

@@ -3,6 +3,8 @@ decodes every record to its features (feature_space.py), then one per-head matmu
 vectors. naive.gather is the reference."""
 from __future__ import annotations
 
+from itertools import accumulate
+
 import torch
 import triton
 import triton.language as tl
@@ -11,7 +13,7 @@ from ..formats.params import ChannelParams, offset_rows
 from .feature_space import FeatureMaps, per_head_matmul
 from .layout import KVCacheLayout
 from .naive import check_cache
-from .prefill import GATHER_TOKENS
+from . import prefill
 from .triton_attention import check_layout, streams  # noqa: F401 (check_layout: ops.backend_for)
 from .triton_common import constants, decode_record, store_parts
 
@@ -79,21 +81,6 @@ def _head_vectors(features: torch.Tensor, maps: FeatureMaps, flags: torch.Tensor
     return x + shift
 
 
-def segments(lengths: list[int], limit: int) -> list[list[tuple[int, int, int]]]:
-    """Rows' tokens 0..lengths[b]-1 as (row, first token, tokens) segments in launch groups of at most `limit`
-    tokens (a longer row is cut), in order."""
-    groups, group, size = [], [], 0
-    for row, n in enumerate(lengths):
-        for start in range(0, n, limit):
-            take = min(limit, n - start)
-            if size + take > limit:
-                groups.append(group)
-                group, size = [], 0
-            group.append((row, start, take))
-            size += take
-    return groups + [group] if group else groups
-
-
 def decode_sequences(cache: torch.Tensor, layout: KVCacheLayout, block_table: torch.Tensor, lengths: list[int],
                      key_params: ChannelParams | None, value_params: ChannelParams | None,
                      dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,12 +95,12 @@ def decode_sequences(cache: torch.Tensor, layout: KVCacheLayout, block_table: to
     keys = torch.empty(sum(lengths), hkv, d, dtype=dtype, device=device)
     values = torch.empty_like(keys)
     done = 0
-    for group in segments(lengths, GATHER_TOKENS):
+    for group in prefill.segments(lengths, prefill.GATHER_TOKENS):
         total = sum(n for _, _, n in group)
         kf = torch.empty(total, hkv, kmaps.num_features, dtype=torch.float32, device=device)
         vf = torch.empty(total, hkv, vmaps.num_features, dtype=torch.float32, device=device)
         flags = None if kmaps.centroid_shift is None else torch.empty(total, hkv, dtype=torch.float32, device=device)
-        outs = [0, *torch.tensor([n for _, _, n in group]).cumsum(0).tolist()[:-1]]
+        outs = accumulate((n for _, _, n in group), initial=0)
         seg = torch.tensor([(row, start, n, out) for (row, start, n), out in zip(group, outs)], dtype=torch.int32)
         grid = (len(group), triton.cdiv(max(n for _, _, n in group), BLOCK_T), hkv)
         _features_kernel[grid](cache, block_table, seg.to(device, non_blocking=True), constants(device), kf, vf,

@@ -37,5 +37,4 @@ def warm_up(layout: KVCacheLayout, key_params: ChannelParams | None, value_param
                                              value_params, max_query_len=queries, max_seq_len=n, num_splits=splits,
                                              window=window, sinks=sinks)
     if dequant:
-        on_device = [None if p is None else p.map(lambda t: t.to(device)) for p in (key_params, value_params)]
-        triton_dequant.decode_sequences(cache, layout, table, [n], *on_device, dtype)
+        triton_dequant.decode_sequences(cache, layout, table, [n], key_params, value_params, dtype)

@@ -224,7 +224,6 @@ class MTQAttentionImpl(AttentionImpl[MTQMetadata]):
                              f"logit per query head ({num_heads},), got {tuple(self.sinks.shape)}")
         self.settings = state.settings()
         self._params: tuple[ChannelParams | None, ChannelParams | None] | None = None
-        self._device_params: tuple[ChannelParams | None, ChannelParams | None] | None = None
         self._flash = None  # vLLM's FlashAttention for prefill rows, where settings and the layer allow it
         if self.settings.prefill == FLASH and sliding_window is None and self.sinks is None and head_size <= 256:
             self._flash = compat.flash_attn_varlen()
@@ -302,9 +301,6 @@ class MTQAttentionImpl(AttentionImpl[MTQMetadata]):
                 q[:d], kv_cache, layout, meta.block_table[:split.num_decodes], meta.seq_lens[:split.num_decodes],
                 meta.query_start_loc[:split.num_decodes + 1], self.scale, key_params, value_params, max_query_len=1,
                 max_seq_len=meta.max_seq_len)
-        if self._device_params is None:
-            self._device_params = tuple(None if p is None else p.map(lambda t: t.to(kv_cache.device))
-                                        for p in self._channel_params(layer))
         out[d:n] = dense_prefill.prefill(q, kv_cache, layout, meta.block_table[split.num_decodes:], split.seq_lens,
-                                         split.query_start_loc, self.scale, *self._device_params,
+                                         split.query_start_loc, self.scale, *self._channel_params(layer),
                                          attention=self._flash)

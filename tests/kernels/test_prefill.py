@@ -34,7 +34,7 @@ def _case(layout: KVCacheLayout, seq_lens: list[int], q_lens: list[int], group: 
                                                (("turboquant35", "isoquant4"), 1, 128),
                                                (("planarquant3", "turboquant25"), 7, 64)])
 def test_matches_the_packed_reference(formats, group, d, monkeypatch):
-    monkeypatch.setattr(prefill, "GATHER_TOKENS", 160)  # several gather groups, rows of unequal length in one
+    monkeypatch.setattr(prefill, "GATHER_TOKENS", 160)  # several segment groups, the longest row cut
     layout = KVCacheLayout(*formats, d, 2, 16)
     seq_lens, q_lens = [70, 5, 33, 130, 16], [70, 3, 20, 2, 16]  # whole prompts and continuation chunks
     query, cache, table, lens, starts = _case(layout, seq_lens, q_lens, group)
@@ -80,7 +80,7 @@ def test_triton_decode_matches_the_reference_decoder(formats, monkeypatch):
                            centroid=torch.randn(2, 64, generator=gen))
     seq_lens = [600, 5, 33]
     _, cache, table, _, _ = _case(layout, seq_lens, [1, 1, 1], 2, params)
-    monkeypatch.setattr(triton_dequant, "GATHER_TOKENS", 256)  # launch groups: the long row cut, short rows joined
+    monkeypatch.setattr(prefill, "GATHER_TOKENS", 256)  # launch groups: the long row cut, short rows joined
     for kp in (params, None):
         ref_k, ref_v = prefill.decode_sequences(cache, layout, table, seq_lens, kp, None, torch.float32)
         k, v = triton_dequant.decode_sequences(cache.to(DEVICE), layout, table.to(DEVICE), seq_lens,
@@ -126,7 +126,7 @@ def test_warm_up_launches_every_variant(formats, hkv, calibrated, monkeypatch):
 
 
 def test_decode_segments_cut_long_rows_and_join_short_ones():
-    from multi_turboquant.kernels.triton_dequant import segments
+    from multi_turboquant.kernels.prefill import segments
 
     assert segments([600, 5, 33], 256) == [[(0, 0, 256)], [(0, 256, 256)], [(0, 512, 88), (1, 0, 5), (2, 0, 33)]]
     assert segments([3, 4], 8) == [[(0, 0, 3), (1, 0, 4)]]
