@@ -31,7 +31,7 @@ from multi_turboquant.eval.autocal import auto_calibration  # noqa: E402
 from multi_turboquant.eval.codecs import format_codec  # noqa: E402
 from multi_turboquant.eval.corpus import load_text, spread_windows  # noqa: E402
 from multi_turboquant.eval.hooks import LoadedModel, Scheme, load_model  # noqa: E402
-from multi_turboquant.eval.metrics import perplexity  # noqa: E402
+from multi_turboquant.eval.metrics import delta_ppl_pct, perplexity  # noqa: E402
 from multi_turboquant.formats.calibration import load_calibration  # noqa: E402
 from multi_turboquant.models import default_model  # noqa: E402
 
@@ -84,7 +84,7 @@ def main() -> None:
                 nll = window_nll(lm, windows)
             finally:
                 lm.hook.layers = {}
-            delta = 100 * math.expm1(statistics.fmean(nll) - statistics.fmean(base))
+            delta = delta_ppl_pct(nll, base)
             results["rows"].append({"format": name, "sinks": k, "recent": r, "window_nll": nll, "dppl_pct": delta})
             (a.out / "sink_window.json").write_text(json.dumps(results, indent=1))
             print(f"{name} sinks {k} recent {r}: {delta:+.1f}% ({time.perf_counter() - start:.0f} s)", flush=True)

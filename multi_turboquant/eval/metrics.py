@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import torch
 import torch.nn.functional as F
@@ -56,3 +57,10 @@ def prompts_from(ids: torch.Tensor, count: int, length: int) -> torch.Tensor:
         raise ValueError(f"cannot cut {count} prompts of {length} tokens from {ids.numel()} tokens")
     starts = torch.linspace(0, ids.numel() - length, count).long()
     return torch.stack([ids[s:s + length] for s in starts.tolist()])
+
+
+def delta_ppl_pct(nll: list[float], base: list[float]) -> float:
+    """Perplexity increase in % of per-token NLLs `nll` over `base` (the same tokens): 100 (exp(mean - mean) - 1)."""
+    if not nll or len(nll) != len(base):
+        raise ValueError(f"need NLLs of the same tokens, got {len(nll)} and {len(base)}")
+    return 100 * math.expm1(statistics.fmean(nll) - statistics.fmean(base))

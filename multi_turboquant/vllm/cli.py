@@ -56,13 +56,6 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def delta_ppl_pct(nll: list[float], base: list[float]) -> float:
-    """Perplexity increase in % of per-token NLLs `nll` over `base` (the same tokens): 100 (exp(mean - mean) - 1)."""
-    if not nll or len(nll) != len(base):
-        raise ValueError(f"need NLLs of the same tokens, got {len(nll)} and {len(base)}")
-    return 100 * math.expm1(statistics.fmean(nll) - statistics.fmean(base))
-
-
 def _passage_ids(llm, tokens: int) -> list[int]:
     from ..eval.corpus import prose_passage
 
@@ -79,6 +72,7 @@ def demo(model: str | None = None, max_tokens: int = 40, formats: list[str] | No
     and one completion per format."""
     from ..eval.corpus import prose_passage
     from ..models import default_model
+    from ..eval.metrics import delta_ppl_pct
     from .engine import build_llm, capacity_tokens, ideal_ratio, token_nll
 
     names = formats or ["auto", *FORMATS]

@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from multi_turboquant.eval.corpus import LICENSE_DIR, prose_passage
-from multi_turboquant.vllm.cli import DEMO_BLOCK, delta_ppl_pct
+from multi_turboquant.eval.metrics import delta_ppl_pct
+from multi_turboquant.vllm.cli import DEMO_BLOCK
 
 PASSAGE_TOKENS = 96
 
