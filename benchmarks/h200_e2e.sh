@@ -21,7 +21,8 @@ case $STEP in
   c) $E --workload c --model $M --gpu-mem ${GPU_MEM:-0.07} --n 512 --max-seqs 512 --contexts 2048 --out-len 1024 \
         --max-model-len 2048 --timeout-per ${TIMEOUT:-200} ;;
   prefill) python3 -m pytest -q -p no:cacheprovider tests/kernels/test_prefill.py 2>&1 | tail -3
-     mkdir -p /tmp/e2e && python3 benchmarks/prefill.py | tee /tmp/e2e/prefill.md ;;
+     mkdir -p /tmp/e2e && python3 benchmarks/prefill.py | tee /tmp/e2e/prefill.md
+     python3 benchmarks/prefill.py --sweep isoquant3 turboquant35 | tee /tmp/e2e/prefill_sweep.md ;;
   checks) $E --workload checks --model $M --n 256 --max-seqs 256 --max-model-len 4096 --max-batched 512 \
         --timeout-per ${TIMEOUT:-200} ;;
 esac

@@ -8,6 +8,10 @@ layer, timed eagerly with CUDA events (the prefill path reads host lengths, as i
 outside CUDA graphs), median of `--reps`.
 
     PYTHONPATH=. python benchmarks/prefill.py [--context 32768 --chunk 8192 --head-dim 128 --kv-heads 8]
+
+`--sweep FORMAT` instead times both paths over a range of shapes (SmolLM2's and an 8B model's heads, chunks of 256 to
+8,192 tokens), with each shape's work (query-key pairs x query heads x head_dim), to place the plugin's gate
+FLASH_MIN_WORK where the two paths cross.
 """
 from __future__ import annotations
 
@@ -47,6 +51,32 @@ def check(flash, fmt: str, d: int) -> float:
     return rel_err(out.cpu(), ref)
 
 
+SWEEP = [(d, hkv, hq, ctx, chunk) for d, hkv, hq in ((64, 3, 9), (128, 8, 32))
+         for ctx, chunk in ((512, 512), (2048, 2048), (4096, 4096), (4096, 256), (8192, 1024), (32768, 2048),
+                            (32768, 8192))]
+
+
+def sweep(flash, fmt: str, reps: int) -> None:
+    """Packed kernel vs flash path per shape, one layer, with each shape's work."""
+    print(f"\n{fmt}, one layer, a chunk at the end of a context\n")
+    print("| d | KV / q heads | context | chunk | work | packed ms | flash ms | packed / flash |")
+    print("|---|---|---|---|---|---|---|---|")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for d, hkv, hq, ctx, chunk in SWEEP:
+        layout = KVCacheLayout(fmt, fmt, d, hkv, 16)
+        cache = random_packed_cache(layout, ctx // 16, gen)
+        table = torch.arange(ctx // 16, dtype=torch.int32, device="cuda")[None]
+        query = torch.randn(chunk, hq, d, device="cuda", dtype=torch.bfloat16, generator=gen) * 0.3
+        seq, starts = torch.tensor([ctx], device="cuda"), torch.tensor([0, chunk], device="cuda")
+        packed = timed(lambda: paged_attention(query, cache, layout, table, seq, starts, 0.1, max_query_len=chunk,
+                                               max_seq_len=ctx), reps)
+        dense = timed(lambda: prefill.prefill(query, cache, layout, table, [ctx], [0, chunk], 0.1, attention=flash),
+                      reps)
+        work = (chunk * (ctx - chunk) + chunk * (chunk + 1) // 2) * hq * d
+        print(f"| {d} | {hkv} / {hq} | {ctx} | {chunk} | 2^{work.bit_length() - 1} | {packed:.3f} | {dense:.3f} | "
+              f"{packed / dense:.2f}x |", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS))
@@ -56,10 +86,15 @@ def main() -> None:
     p.add_argument("--kv-heads", type=int, default=8)
     p.add_argument("--query-heads", type=int, default=32)
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--sweep", nargs="+", choices=list(FORMATS), help="time both paths over SWEEP's shapes instead")
     a = p.parse_args()
     flash = flash_attn_varlen()
     if flash is None:
         sys.exit("needs vLLM's FlashAttention on a CUDA GPU")
+    if a.sweep:
+        for fmt in a.sweep:
+            sweep(flash, fmt, a.reps)
+        return
     print("| format | flash prefill vs reference (rel. error) |\n|---|---|")
     for fmt in a.formats:
         print(f"| {fmt} | {check(flash, fmt, 128):.2e} |", flush=True)

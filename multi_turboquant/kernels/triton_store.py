@@ -172,14 +172,18 @@ def store(
         KEY_BYTES=layout.key_bytes, ROWS=rows_per_program, LOG2D=layout.head_dim.bit_length() - 1,
         K_K=FAMILIES[k_fmt.family], K_BITS=_code_bits(k_fmt), K_CEN=k_cen, K_POS=k_pos, BUCKET=OFFSET_BUCKET,
         V_K=FAMILIES[v_fmt.family], V_BITS=_code_bits(v_fmt), V_CEN=v_cen,
-        num_warps=num_warps or default_warps(rows), enable_fp_fusion=False,
+        num_warps=num_warps or default_warps(rows, layout.head_dim, k_cen), enable_fp_fusion=False,
     )
 
 
-def default_warps(rows: int) -> int:
-    """Warps per program for `rows` (token, KV head) pairs, measured on the H100 (BENCHMARKS.md): a decode-sized
-    launch is one latency-bound chain per program, which 4 warps shorten; large ones are throughput-bound."""
-    return 4 if rows <= 64 else 2 if rows <= 256 else 1
+def default_warps(rows: int, head_dim: int = 128, key_centroid: bool = False) -> int:
+    """Warps per program for `rows` (token, KV head) pairs (BENCHMARKS.md, "Store's share"): a decode-sized launch
+    is one latency-bound chain per program, which 4 warps shorten at head_dim 128 without a key centroid (H100) but
+    lengthen at head_dim 64 or with one (the default calibration; H200: 12-19 against 29-43 µs); large launches are
+    throughput-bound."""
+    if rows > 64:
+        return 2 if rows <= 256 else 1
+    return 1 if head_dim < 128 or key_centroid else 4
 
 
 def encode(x: torch.Tensor, name: str, params: ChannelParams | None = None,

@@ -1,6 +1,7 @@
 """vLLM attention backend over the packed cache: backend (shapes), metadata builder, impl."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -27,9 +28,10 @@ from .settings import FLASH
 
 HEAD_SIZES = list(range(MIN_HEAD_DIM, MAX_HEAD_DIM + 1, HEAD_DIM_MULTIPLE))
 # Prefill rows go to FlashAttention over decoded K/V once a layer's packed-kernel work (query-key pairs x query heads
-# x head_dim) passes this. H200, BENCHMARKS.md "Prefill through FlashAttention": the packed kernel costs 0.15-0.25 ns
-# per unit, the decoding (the torch reference decoder, 190-530 small ops) a few ms per layer whatever the length.
-FLASH_MIN_WORK = 1 << 35
+# x head_dim) passes this: where the two paths cross on the H200 (BENCHMARKS.md "Prefill through FlashAttention",
+# `benchmarks/prefill.py --sweep`: the flash path costs ~0.4 ms at least, the packed kernel 0.1-0.6 ns per unit).
+# MTQ_FLASH_MIN_WORK overrides it.
+FLASH_MIN_WORK = int(os.environ.get("MTQ_FLASH_MIN_WORK", 1 << 30))
 
 
 class MTQAttentionBackend(AttentionBackend):

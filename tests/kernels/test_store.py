@@ -248,8 +248,25 @@ def test_bad_input_raises() -> None:
 
 
 def test_default_warps_by_batch_size() -> None:
-    """Decode-sized launches get 4 warps per program, mid-sized 2, large ones 1 (BENCHMARKS.md)."""
+    """Decode-sized launches get 4 warps per program at head_dim 128 without a key centroid, else 1; mid-sized 2,
+    large ones 1 (BENCHMARKS.md)."""
     assert [triton_store.default_warps(r) for r in (1, 64, 65, 256, 257, 16384)] == [4, 4, 2, 2, 1, 1]
+    assert [triton_store.default_warps(r, 64) for r in (1, 64, 65, 257)] == [1, 1, 2, 1]
+    assert [triton_store.default_warps(r, 128, True) for r in (1, 64, 65, 257)] == [1, 1, 2, 1]
+
+
+def test_store_launch_picks_warps_by_head_dim_and_centroid(monkeypatch) -> None:
+    """store() passes the layout's head_dim and whether the keys have a centroid to default_warps."""
+    seen = []
+    real = triton_store.default_warps
+    monkeypatch.setattr(triton_store, "default_warps", lambda *a: seen.append(a) or real(*a))
+    x = torch.randn(2, 1, 64)
+    layout = KVCacheLayout("isoquant3", "isoquant3", 64, 1, 16)
+    cache = torch.zeros(layout.shape(1), dtype=torch.uint8)
+    slots = torch.arange(2)
+    store(x, x, cache, slots, layout)
+    store(x, x, cache, slots, layout, ChannelParams(centroid=torch.randn(64)))
+    assert seen == [(2, 64, False), (2, 64, True)]
 
 
 def test_compare_records_flags_a_corrupted_record() -> None:
