@@ -123,7 +123,8 @@ def main() -> None:
         dense = timed(lambda: prefill.prefill(query, cache, layout, table, [ctx], [0, chunk], 0.1, attention=flash),
                       a.reps)
         decode = prefill.decoder(cache, layout)
-        dec = timed(lambda: decode(cache, layout, table, [ctx], None, None, torch.bfloat16), a.reps)
+        plan = prefill.Plan.build(table, [ctx])
+        dec = timed(lambda: decode(cache, layout, plan, None, None, torch.bfloat16), a.reps)
         print(f"| {fmt} | {packed:.2f} | {dense:.2f} | {dec:.2f} | {packed / dense:.1f}x | {dense / bf16:.2f}x |",
               flush=True)
 

@@ -8,6 +8,8 @@ the result is the packed kernel's up to rounding and quality numbers keep measur
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from itertools import accumulate
 from typing import Protocol
 
 import torch
@@ -73,13 +75,42 @@ def segments(lengths: list[int], limit: int) -> list[list[tuple[int, int, int]]]
     return groups + [group] if group else groups
 
 
-def decode_sequences(cache: torch.Tensor, layout: KVCacheLayout, block_table: torch.Tensor, lengths: list[int],
-                     key_params: ChannelParams | None, value_params: ChannelParams | None,
-                     dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """K and V of tokens 0..lengths[b]-1 of each row b of block_table, concatenated: (sum(lengths), heads, head_dim)
-    in dtype. The reference: one naive.gather per segment of at most GATHER_TOKENS tokens."""
+@dataclass
+class Plan:
+    """A prefill batch's geometry as the decoders and the attention read it, on the device: built once per engine
+    step and shared by every layer (no host work or copies per layer)."""
+
+    block_table: torch.Tensor  # the rows' block table, 16-byte aligned (Triton compiles per pointer alignment)
+    lengths: list[int]  # tokens to decode per row
+    groups: list[list[tuple[int, int, int]]]  # segments(lengths, GATHER_TOKENS)
+    seg: list[torch.Tensor]  # per group (segments, 4) int32: row, first token, tokens, output row
+    positions: list[torch.Tensor]  # per group, the tokens' positions (int64)
+    cu_seqlens_k: torch.Tensor  # int32 (rows + 1,)
+
+    @classmethod
+    def build(cls, block_table: torch.Tensor, lengths: list[int]) -> Plan:
+        device = block_table.device
+        if block_table.data_ptr() % 16:  # a row slice
+            block_table = block_table.clone()
+        groups = segments(lengths, GATHER_TOKENS)
+        seg, positions = [], []
+        for group in groups:
+            outs = accumulate((n for _, _, n in group), initial=0)
+            seg.append(torch.tensor([(row, start, n, out) for (row, start, n), out in zip(group, outs)],
+                                    dtype=torch.int32).to(device, non_blocking=True))
+            positions.append(torch.cat([torch.arange(start, start + n) for _, start, n in group]).to(
+                device, non_blocking=True))
+        cu_k = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+        return cls(block_table, lengths, groups, seg, positions, cu_k.to(device, non_blocking=True))
+
+
+def decode_sequences(cache: torch.Tensor, layout: KVCacheLayout, plan: Plan, key_params: ChannelParams | None,
+                     value_params: ChannelParams | None, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V of tokens 0..lengths[b]-1 of each row b of the plan's block table, concatenated: (sum(lengths),
+    heads, head_dim) in dtype. The reference: one naive.gather per segment of at most GATHER_TOKENS tokens."""
     keys, values = [], []
-    for group in segments(lengths, GATHER_TOKENS):
+    block_table = plan.block_table
+    for group in plan.groups:
         for row, start, n in group:
             k, v = naive.gather(cache, layout, block_table[row:row + 1], start + n, key_params, value_params, start)
             keys.append(k[0].to(dtype))
@@ -89,20 +120,28 @@ def decode_sequences(cache: torch.Tensor, layout: KVCacheLayout, block_table: to
 
 def prefill(query: torch.Tensor, cache: torch.Tensor, layout: KVCacheLayout, block_table: torch.Tensor,
             seq_lens: list[int], query_start_loc: list[int], scale: float, key_params: ChannelParams | None = None,
-            value_params: ChannelParams | None = None, attention: VarlenAttention = sdpa_varlen) -> torch.Tensor:
+            value_params: ChannelParams | None = None, attention: VarlenAttention = sdpa_varlen,
+            plan: Plan | None = None, cu_seqlens_q: torch.Tensor | None = None) -> torch.Tensor:
     """naive.paged_attention for a batch whose sequence lengths and query starts are known on the host (no window,
-    no sinks): each sequence's context is decoded from its pages, then `attention` runs over all of them at once."""
+    no sinks): each sequence's context is decoded from its pages, then `attention` runs over all of them at once.
+    plan (of block_table and seq_lens) and cu_seqlens_q (query_start_loc - query_start_loc[0], int32, on the
+    device): a step's own, shared by its layers; built here when absent."""
     naive.check_cache(cache, layout)
     if len(query_start_loc) != len(seq_lens) + 1 or any(
             n < q1 - q0 or q1 < q0 for n, q0, q1 in zip(seq_lens, query_start_loc, query_start_loc[1:])):
         raise ValueError(f"prefill: seq_lens {seq_lens} and query_start_loc {query_start_loc} do not fit together")
-    k, v = decoder(cache, layout)(cache, layout, block_table, seq_lens, key_params, value_params, query.dtype)
-    cu_k = torch.tensor([0, *seq_lens], dtype=torch.int32).cumsum(0, dtype=torch.int32)
-    cu_q = torch.tensor(query_start_loc, dtype=torch.int32)
-    cu_q = cu_q - cu_q[0]
+    plan = plan or Plan.build(block_table, seq_lens)
+    if cu_seqlens_q is None:
+        cu_seqlens_q = query_start_loc_tensor(query_start_loc, query.device)
+    k, v = decoder(cache, layout)(cache, layout, plan, key_params, value_params, query.dtype)
     q = query[query_start_loc[0]:query_start_loc[-1]]
-    return attention(q=q, k=k, v=v, cu_seqlens_q=cu_q.to(query.device, non_blocking=True),
-                     cu_seqlens_k=cu_k.to(query.device, non_blocking=True),
+    return attention(q=q, k=k, v=v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=plan.cu_seqlens_k,
                      max_seqlen_q=max(b - a for a, b in zip(query_start_loc, query_start_loc[1:])),
                      max_seqlen_k=max(seq_lens), softmax_scale=scale, causal=True)
+
+
+def query_start_loc_tensor(query_start_loc: list[int], device: torch.device) -> torch.Tensor:
+    """The rows' query starts relative to the first, int32 on `device`: FlashAttention's cu_seqlens_q."""
+    return torch.tensor([x - query_start_loc[0] for x in query_start_loc], dtype=torch.int32).to(
+        device, non_blocking=True)
 

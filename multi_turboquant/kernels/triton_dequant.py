@@ -3,8 +3,6 @@ decodes every record to its features (feature_space.py), then one per-head matmu
 vectors. naive.gather is the reference."""
 from __future__ import annotations
 
-from itertools import accumulate
-
 import torch
 import triton
 import triton.language as tl
@@ -81,7 +79,7 @@ def _head_vectors(features: torch.Tensor, maps: FeatureMaps, flags: torch.Tensor
     return x + shift
 
 
-def decode_sequences(cache: torch.Tensor, layout: KVCacheLayout, block_table: torch.Tensor, lengths: list[int],
+def decode_sequences(cache: torch.Tensor, layout: KVCacheLayout, plan: prefill.Plan,
                      key_params: ChannelParams | None, value_params: ChannelParams | None,
                      dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """See prefill.decode_sequences: K and V of tokens 0..lengths[b]-1 of each row b, concatenated, in dtype. One
@@ -90,27 +88,19 @@ def decode_sequences(cache: torch.Tensor, layout: KVCacheLayout, block_table: to
     device = cache.device
     kspec, vspec, kmaps, vmaps = streams(layout, key_params, value_params, device)
     hkv, d = layout.num_kv_heads, layout.head_dim
-    if block_table.data_ptr() % 16:  # a row slice: Triton would compile another variant for the unaligned pointer
-        block_table = block_table.clone()
-    keys = torch.empty(sum(lengths), hkv, d, dtype=dtype, device=device)
+    keys = torch.empty(sum(plan.lengths), hkv, d, dtype=dtype, device=device)
     values = torch.empty_like(keys)
     done = 0
-    for group in prefill.segments(lengths, prefill.GATHER_TOKENS):
+    for group, seg, positions in zip(plan.groups, plan.seg, plan.positions):
         total = sum(n for _, _, n in group)
         kf = torch.empty(total, hkv, kmaps.num_features, dtype=torch.float32, device=device)
         vf = torch.empty(total, hkv, vmaps.num_features, dtype=torch.float32, device=device)
         flags = None if kmaps.centroid_shift is None else torch.empty(total, hkv, dtype=torch.float32, device=device)
-        outs = accumulate((n for _, _, n in group), initial=0)
-        seg = torch.tensor([(row, start, n, out) for (row, start, n), out in zip(group, outs)], dtype=torch.int32)
         grid = (len(group), triton.cdiv(max(n for _, _, n in group), BLOCK_T), hkv)
-        _features_kernel[grid](cache, block_table, seg.to(device, non_blocking=True), constants(device), kf, vf,
-                               kf if flags is None else flags, block_table.stride(0), HKV=hkv, BS=layout.block_size,
-                               SLOT=layout.slot_bytes, BLOCK=BLOCK_T, **kspec.constexprs("K"),
+        _features_kernel[grid](cache, plan.block_table, seg, constants(device), kf, vf,
+                               kf if flags is None else flags, plan.block_table.stride(0), HKV=hkv,
+                               BS=layout.block_size, SLOT=layout.slot_bytes, BLOCK=BLOCK_T, **kspec.constexprs("K"),
                                **vspec.constexprs("V"), KFLAG=flags is not None)
-        positions = None
-        if kmaps.position_shift is not None:
-            positions = torch.cat([torch.arange(start, start + n) for _, start, n in group]).to(device,
-                                                                                              non_blocking=True)
         keys[done:done + total] = _head_vectors(kf, kmaps, flags, positions)
         values[done:done + total] = _head_vectors(vf, vmaps, None, None)
         done += total

@@ -7,7 +7,7 @@ import torch
 import triton
 
 from ..formats.params import ChannelParams
-from . import triton_attention, triton_dequant, triton_store
+from . import prefill, triton_attention, triton_dequant, triton_store
 from .layout import KVCacheLayout
 
 # token counts whose store launches cover triton_store.default_warps' three classes (rows = tokens x KV heads)
@@ -37,4 +37,5 @@ def warm_up(layout: KVCacheLayout, key_params: ChannelParams | None, value_param
                                              value_params, max_query_len=queries, max_seq_len=n, num_splits=splits,
                                              window=window, sinks=sinks)
     if dequant:
-        triton_dequant.decode_sequences(cache, layout, table, [n], key_params, value_params, dtype)
+        triton_dequant.decode_sequences(cache, layout, prefill.Plan.build(table, [n]), key_params, value_params,
+                                        dtype)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -107,6 +107,16 @@ class PrefillSplit:
     num_decode_tokens: int
     seq_lens: list[int]  # of the prefill rows
     query_start_loc: list[int]  # of the prefill rows, into the batch's tokens (starts at num_decode_tokens)
+    _device: tuple[dense_prefill.Plan, torch.Tensor] | None = field(default=None, init=False, repr=False,
+                                                                     compare=False)
+
+    def device_plan(self, block_table: torch.Tensor) -> tuple[dense_prefill.Plan, torch.Tensor]:
+        """The prefill rows' decode plan and FlashAttention's cu_seqlens_q on the device, built by the first layer
+        that needs them and shared by the step's other layers (the metadata is the group's)."""
+        if self._device is None:
+            self._device = (dense_prefill.Plan.build(block_table[self.num_decodes:], self.seq_lens),
+                            dense_prefill.query_start_loc_tensor(self.query_start_loc, block_table.device))
+        return self._device
 
     @property
     def pairs(self) -> int:
@@ -299,10 +309,14 @@ class MTQAttentionImpl(AttentionImpl[MTQMetadata]):
         out = output[:n].view(n, h, self.head_size)
         if split.num_decodes:
             key_params, value_params = self._channel_params(layer)
-            out[:d] = ops.paged_attention(
+            in_place = {"out": out[:d]} if out.is_cuda else {}  # the kernels write the output in place
+            rows = ops.paged_attention(
                 q[:d], kv_cache, layout, meta.block_table[:split.num_decodes], meta.seq_lens[:split.num_decodes],
                 meta.query_start_loc[:split.num_decodes + 1], self.scale, key_params, value_params, max_query_len=1,
-                max_seq_len=meta.max_seq_len)
-        out[d:n] = dense_prefill.prefill(q, kv_cache, layout, meta.block_table[split.num_decodes:], split.seq_lens,
-                                         split.query_start_loc, self.scale, *self._channel_params(layer),
-                                         attention=self._flash)
+                max_seq_len=meta.max_seq_len, **in_place)
+            if not in_place:
+                out[:d] = rows
+        plan, cu_seqlens_q = split.device_plan(meta.block_table)
+        out[d:n] = dense_prefill.prefill(q, kv_cache, layout, plan.block_table, split.seq_lens, split.query_start_loc,
+                                         self.scale, *self._channel_params(layer), attention=self._flash, plan=plan,
+                                         cu_seqlens_q=cu_seqlens_q)

@@ -82,8 +82,15 @@ def test_triton_decode_matches_the_reference_decoder(formats, monkeypatch):
     _, cache, table, _, _ = _case(layout, seq_lens, [1, 1, 1], 2, params)
     monkeypatch.setattr(prefill, "GATHER_TOKENS", 256)  # launch groups: the long row cut, short rows joined
     for kp in (params, None):
-        ref_k, ref_v = prefill.decode_sequences(cache, layout, table, seq_lens, kp, None, torch.float32)
-        k, v = triton_dequant.decode_sequences(cache.to(DEVICE), layout, table.to(DEVICE), seq_lens,
+        ref_k, ref_v = prefill.decode_sequences(cache, layout, prefill.Plan.build(table, seq_lens), kp, None,
+                                                torch.float32)
+        k, v = triton_dequant.decode_sequences(cache.to(DEVICE), layout, prefill.Plan.build(table.to(DEVICE)[1:],
+                                                                                             seq_lens[1:]),
+                                               kp and kp.map(lambda t: t.to(DEVICE)), None, torch.float32)
+        torch.testing.assert_close(k.cpu(), ref_k[600:], rtol=1e-4, atol=1e-4)  # an unaligned row slice
+        torch.testing.assert_close(v.cpu(), ref_v[600:], rtol=1e-4, atol=1e-4)
+        k, v = triton_dequant.decode_sequences(cache.to(DEVICE), layout, prefill.Plan.build(table.to(DEVICE),
+                                                                                             seq_lens),
                                                kp and kp.map(lambda t: t.to(DEVICE)), None, torch.float32)
         torch.testing.assert_close(k.cpu(), ref_k, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(v.cpu(), ref_v, rtol=1e-4, atol=1e-4)

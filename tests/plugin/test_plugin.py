@@ -414,6 +414,9 @@ def test_prefill_rows_go_to_flash_attention_over_decoded_kv(monkeypatch):
     flash = impl.forward(Layer(), q, None, None, cache, meta, torch.full((n, 256), float("nan"), dtype=q.dtype))
     torch.testing.assert_close(flash, packed, rtol=2e-2, atol=2e-2)  # bf16 K/V handed to the dense kernel
     assert torch.equal(flash[:2], packed[:2])  # decode rows: the same packed kernel
+    plan = split.device_plan(table)  # built by the first layer, reused by the step's next ones
+    again = impl.forward(Layer(), q, None, None, cache, meta, torch.full((n, 256), float("nan"), dtype=q.dtype))
+    assert split.device_plan(table) is plan and torch.equal(again, flash)
     # batches the split does not serve: decode only, prefill rows before decode rows, no host lengths
     assert prefill_split(SimpleNamespace(**common.__dict__ | {"max_query_len": 1})) is None
     unordered = torch.tensor([0, 20, 21, 22, 46])
