@@ -296,6 +296,15 @@ def _check_inputs(query, cache, layout, block_table, seq_lens, query_start_loc, 
         raise ValueError(f"all tensors must be on one device, got {sorted({str(t.device) for t in tensors})}")
 
 
+# the merge kernel's split capacities (its compiled variants): few, so that the engine-start warm-up compiles each
+MERGE_WIDTHS = (8, 64)
+
+
+def merge_width(splits: int) -> int:
+    """The smallest of MERGE_WIDTHS that holds `splits` (at most _num_splits' 64)."""
+    return next(w for w in MERGE_WIDTHS if splits <= w)
+
+
 def _num_splits(programs: int, max_seq_len: int, device: torch.device) -> int:
     """Enough splits to give every SM a few programs, none shorter than MIN_SPLIT_TOKENS."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
@@ -397,7 +406,7 @@ def paged_attention(
     feats = target[0]
     if splits > 1:
         feats = torch.empty(rows, fv, dtype=torch.float32, device=device)
-        _merge_splits_kernel[(rows,)](target, m, lse, feats, rows, splits, F=fv, SP=triton.next_power_of_2(splits))
+        _merge_splits_kernel[(rows,)](target, m, lse, feats, rows, splits, F=fv, SP=merge_width(splits))
     offset = vmaps.offset
     db = min(d, _MAP_BLOCK)
     _output_kernel[(tq, hkv, d // db)](feats, vmaps.decode, offset if offset is not None else feats, out,

@@ -17,8 +17,9 @@ STORE_ROWS = (1, 65, 257)
 def warm_up(layout: KVCacheLayout, key_params: ChannelParams | None, value_params: ChannelParams | None,
             num_heads: int, dtype: torch.dtype, device: torch.device, window: int | None = None,
             sinks: torch.Tensor | None = None, dequant: bool = True) -> None:
-    """Store (each warps class), decode and prefill attention (one split and several), and, with `dequant`, the
-    FlashAttention path's decoder, for this layer's layout, calibration, query heads, dtype, window and sinks."""
+    """Store (each warps class), decode and prefill attention (one split, and splits for each merge variant), and,
+    with `dequant`, the FlashAttention path's decoder, for this layer's layout, calibration, query heads, dtype,
+    window and sinks."""
     hkv, d = layout.num_kv_heads, layout.head_dim
     counts = sorted({triton.cdiv(rows, hkv) for rows in STORE_ROWS})
     n = counts[-1]
@@ -32,7 +33,7 @@ def warm_up(layout: KVCacheLayout, key_params: ChannelParams | None, value_param
     for queries in (1, n):
         query = torch.randn(queries, num_heads, d, device=device, dtype=dtype)
         starts = torch.tensor([0, queries], dtype=torch.int32, device=device)
-        for splits in (1, 2):
+        for splits in (1, *triton_attention.MERGE_WIDTHS):  # one split, and each merge kernel variant
             triton_attention.paged_attention(query, cache, layout, table, seq_lens, starts, 1.0, key_params,
                                              value_params, max_query_len=queries, max_seq_len=n, num_splits=splits,
                                              window=window, sinks=sinks)

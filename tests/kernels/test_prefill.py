@@ -99,8 +99,8 @@ def test_triton_decode_matches_the_reference_decoder(formats, monkeypatch):
 @pytest.mark.parametrize("formats, hkv, calibrated", [(("isoquant3", "turboquant25"), 2, True),
                                                       (("turboquant35", "planarquant4"), 1, False)])
 def test_warm_up_launches_every_variant(formats, hkv, calibrated, monkeypatch):
-    # the engine-start warm-up: store in each of default_warps' classes, decode and prefill with one and two splits,
-    # the FlashAttention path's decoder; each launch really runs (Triton's interpreter on a CPU-only machine)
+    # the engine-start warm-up: store in each of default_warps' classes, decode and prefill with one split and with
+    # each merge kernel variant's split count, the FlashAttention path's decoder; each launch really runs (Triton's interpreter on a CPU-only machine)
     from multi_turboquant.kernels import triton_attention, triton_dequant, triton_store, warmup
 
     calls = []
@@ -128,7 +128,9 @@ def test_warm_up_launches_every_variant(formats, hkv, calibrated, monkeypatch):
     tokens = sorted({-(-rows // hkv) for rows in (1, 3, 5)})
     assert sorted(c for c in calls if c[0] == "store") == [("store", t * hkv) for t in tokens]
     assert sorted(c for c in calls if c[0] == "attention") == [("attention", p, s, 40) for p in (False, True)
-                                                               for s in (1, 2)]
+                                                               for s in (1, *triton_attention.MERGE_WIDTHS)]
+    # every split count the heuristic can pick (up to 64) lands on a merge variant the warm-up compiled
+    assert {triton_attention.merge_width(s) for s in range(2, 65)} == set(triton_attention.MERGE_WIDTHS)
     assert calls.count(("dequant",)) == 1
 
 
