@@ -6,8 +6,9 @@
 #   DTYPES=isoquant3 bash benchmarks/h200_e2e.sh checks        # 256 concurrent, prefix hits, graphs vs eager
 #   DTYPES=auto,isoquant3 bash benchmarks/h200_e2e.sh a        # the anchor workload, with perplexity
 #   bash benchmarks/h200_e2e.sh prefill                         # prefill-path kernel tests + benchmarks/prefill.py
+#   DTYPES=auto,isoquant3 bash benchmarks/h200_e2e.sh profile   # benchmarks/profile_step.py per dtype
 set -u
-STEP=${1:?step: a, b, c, checks or prefill}
+STEP=${1:?step: a, b, c, checks, prefill or profile}
 source benchmarks/gpu_vllm_env.sh
 M=/tmp/gpuvllm/smollm2-135m-hf
 TEXTS=/tmp/gpuvllm/bundle/texts
@@ -23,6 +24,11 @@ case $STEP in
   prefill) python3 -m pytest -q -p no:cacheprovider tests/kernels/test_prefill.py 2>&1 | tail -3
      mkdir -p /tmp/e2e && python3 benchmarks/prefill.py | tee /tmp/e2e/prefill.md
      python3 benchmarks/prefill.py --sweep isoquant3 turboquant35 | tee /tmp/e2e/prefill_sweep.md ;;
+  profile) mkdir -p /tmp/e2e
+     for d in ${DTYPES//,/ }; do
+       python3 benchmarks/profile_step.py --model $M --text /tmp/pool.txt --dtype $d --n 16 > /tmp/e2e/prof_$d.md 2>&1
+       grep -A3 "^### " /tmp/e2e/prof_$d.md
+     done ;;
   checks) $E --workload checks --model $M --n 256 --max-seqs 256 --max-model-len 4096 --max-batched 512 \
         --timeout-per ${TIMEOUT:-200} ;;
 esac

@@ -3,7 +3,10 @@ calibration), one per bucket of positions (what the plugin does, 256), and the e
 mean, which attention could only undo per key). HF harness, SmolLM2-135M, windows of the Debian license corpus,
 key statistics over a horizon of 8192 positions, value calibration as usual; "+sink" adds the key centroid.
 
-    python benchmarks/position_offsets.py [WINDOW] [N_WINDOWS] [FORMATS]
+    python benchmarks/position_offsets.py [WINDOW] [N_WINDOWS] [FORMATS] [VARIANTS (each with the centroid)]
+
+hfK: the exact offset for the K highest-frequency RoPE pairs (channels i and i + d/2, i < K: they turn by more than
+a radian per few positions, so a bucket's mean of them is near zero) and the per-256 bucket for the others.
 """
 import sys
 
@@ -37,10 +40,18 @@ def per_pos(s):  # post-RoPE mean and mean square per position (L, H, d)
     Q = torch.cat((qa * c[..., :h]**2 + qb * sn[..., :h]**2 - 2 * cross * c[..., :h] * sn[..., :h],
                    qb * c[..., h:]**2 + qa * sn[..., h:]**2 + 2 * cross * c[..., h:] * sn[..., h:]), -1)
     return M, Q
+def bucketed(M, bucket):
+    nb = L // bucket
+    return M.reshape(nb, bucket, *M.shape[1:]).mean(1, keepdim=True).expand(nb, bucket, *M.shape[1:]).reshape(M.shape)
 def key_params(s, bucket):
     M, Q = per_pos(s)
     if bucket == 0:   # one offset (horizon mean)
         off = M.mean(0, keepdim=True).expand_as(M)
+    elif isinstance(bucket, tuple):  # ("hf", k): exact for the k highest-frequency RoPE pairs, per 256 for the rest
+        k, h = bucket[1], M.shape[-1] // 2
+        off = bucketed(M, 256).clone()
+        for lo in (0, h):
+            off[..., lo:lo + k] = M[..., lo:lo + k]
     else:
         nb = L // bucket
         off = M.reshape(nb, bucket, *M.shape[1:]).mean(1, keepdim=True).expand(nb, bucket, *M.shape[1:]).reshape(M.shape)
@@ -48,7 +59,9 @@ def key_params(s, bucket):
     rms = var.clamp_min(0).sqrt()
     scale = rms.clamp_min(rms.mean(-1, keepdim=True) * 1e-3).float()
     return off.float(), scale
-VARIANTS = {"none": None, "horizon": 0, "bucket1024": 1024, "bucket256": 256, "bucket64": 64, "exact": 1}
+VARIANTS = {"none": None, "horizon": 0, "bucket1024": 1024, "bucket256": 256, "bucket64": 64, "exact": 1,
+            "hf4": ("hf", 4), "hf8": ("hf", 8), "hf16": ("hf", 16)}
+ONLY = sys.argv[4].split(",") if len(sys.argv) > 4 else list(VARIANTS)  # variants to run, each with the centroid
 def run(fmt, variant, sink):
     codec = format_codec(fmt)
     b = VARIANTS[variant]
@@ -77,8 +90,8 @@ base = perplexity(lm.model, ev, WIN)
 print(f"window {WIN} x {NWIN}; auto ppl {base:.3f}", flush=True)
 for fmt in fmts:
     row = []
-    for v in VARIANTS:
-        for sink in ((False,) if v == "none" else (False, True)):
+    for v in ONLY:
+        for sink in ((False,) if v == "none" else (True,) if len(ONLY) < len(VARIANTS) else (False, True)):
             p = run(fmt, v, sink)
             row.append(f"{v}{'+sink' if sink else ''} {100*(p/base-1):+.1f}%")
     print(fmt, " | ".join(row), flush=True)
