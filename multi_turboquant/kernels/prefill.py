@@ -84,7 +84,6 @@ class Plan:
     lengths: list[int]  # tokens to decode per row
     groups: list[list[tuple[int, int, int]]]  # segments(lengths, GATHER_TOKENS)
     seg: list[torch.Tensor]  # per group (segments, 4) int32: row, first token, tokens, output row
-    positions: list[torch.Tensor]  # per group, the tokens' positions (int64)
     cu_seqlens_k: torch.Tensor  # int32 (rows + 1,)
 
     @classmethod
@@ -93,15 +92,13 @@ class Plan:
         if block_table.data_ptr() % 16:  # a row slice
             block_table = block_table.clone()
         groups = segments(lengths, GATHER_TOKENS)
-        seg, positions = [], []
+        seg = []
         for group in groups:
             outs = accumulate((n for _, _, n in group), initial=0)
             seg.append(torch.tensor([(row, start, n, out) for (row, start, n), out in zip(group, outs)],
                                     dtype=torch.int32).to(device, non_blocking=True))
-            positions.append(torch.cat([torch.arange(start, start + n) for _, start, n in group]).to(
-                device, non_blocking=True))
         cu_k = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
-        return cls(block_table, lengths, groups, seg, positions, cu_k.to(device, non_blocking=True))
+        return cls(block_table, lengths, groups, seg, cu_k.to(device, non_blocking=True))
 
 
 def decode_sequences(cache: torch.Tensor, layout: KVCacheLayout, plan: Plan, key_params: ChannelParams | None,

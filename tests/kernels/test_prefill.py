@@ -66,18 +66,19 @@ def test_bad_lengths_are_refused():
         prefill.prefill(query, cache.float(), layout, table, [10], [0, 4], 0.3)
 
 
-@pytest.mark.parametrize("formats", [("isoquant3", "turboquant25"), ("turboquant35", "planarquant4"),
-                                     ("planarquant3", "isoquant4")])
-def test_triton_decode_matches_the_reference_decoder(formats, monkeypatch):
-    # the FlashAttention path's K/V decoder (one Triton launch + a per-head map) against naive.gather, with every
-    # kind of key calibration: scale, centroid (flagged records), position-dependent offsets
+@pytest.mark.parametrize("formats, d", [(("isoquant3", "turboquant25"), 64), (("turboquant35", "planarquant4"), 32),
+                                        (("planarquant3", "isoquant4"), 128)])
+def test_triton_decode_matches_the_reference_decoder(formats, d, monkeypatch):
+    # the FlashAttention path's K/V decoder (one Triton launch: records -> features -> head vectors, offsets
+    # added in registers) against naive.gather, with every kind of key calibration: scale, centroid (flagged
+    # records), position-dependent offsets; head sizes whose feature parts are 16 to 128 wide
     from multi_turboquant.kernels import triton_dequant
 
     gen = torch.Generator().manual_seed(2)
-    layout = KVCacheLayout(*formats, 64, 2, 16)
-    scale = None if formats[0].startswith("turbo") else torch.rand(2, 64, generator=gen) + 0.5
-    params = ChannelParams(position_offset=torch.randn(3, 2, 64, generator=gen), scale=scale,
-                           centroid=torch.randn(2, 64, generator=gen))
+    layout = KVCacheLayout(*formats, d, 2, 16)
+    scale = None if formats[0].startswith("turbo") else torch.rand(2, d, generator=gen) + 0.5
+    params = ChannelParams(position_offset=torch.randn(3, 2, d, generator=gen), scale=scale,
+                           centroid=torch.randn(2, d, generator=gen))
     seq_lens = [600, 5, 33]
     _, cache, table, _, _ = _case(layout, seq_lens, [1, 1, 1], 2, params)
     monkeypatch.setattr(prefill, "GATHER_TOKENS", 256)  # launch groups: the long row cut, short rows joined
@@ -94,6 +95,11 @@ def test_triton_decode_matches_the_reference_decoder(formats, monkeypatch):
                                                kp and kp.map(lambda t: t.to(DEVICE)), None, torch.float32)
         torch.testing.assert_close(k.cpu(), ref_k, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(v.cpu(), ref_v, rtol=1e-4, atol=1e-4)
+        k, _ = triton_dequant.decode_sequences(cache.to(DEVICE), layout, prefill.Plan.build(table.to(DEVICE),
+                                                                                             seq_lens),
+                                               kp and kp.map(lambda t: t.to(DEVICE)), None, torch.bfloat16)
+        assert k.dtype == torch.bfloat16  # written in the attention's dtype
+        torch.testing.assert_close(k.cpu(), ref_k.bfloat16())
 
 
 @pytest.mark.parametrize("formats, hkv, calibrated", [(("isoquant3", "turboquant25"), 2, True),
