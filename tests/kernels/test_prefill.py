@@ -146,3 +146,17 @@ def test_decode_segments_cut_long_rows_and_join_short_ones():
     assert segments([600, 5, 33], 256) == [[(0, 0, 256)], [(0, 256, 256)], [(0, 512, 88), (1, 0, 5), (2, 0, 33)]]
     assert segments([3, 4], 8) == [[(0, 0, 3), (1, 0, 4)]]
     assert segments([], 8) == []
+
+
+def test_plan_holds_a_batch_geometry_on_the_device(monkeypatch):
+    # one Plan per engine step: segments with their output rows, cu_seqlens_k, and a block table the Triton
+    # decoder can take (a row slice is copied to 16-byte alignment, with the same contents)
+    monkeypatch.setattr(prefill, "GATHER_TOKENS", 256)
+    table = torch.arange(3 * 41, dtype=torch.int32).reshape(3, 41)
+    plan = prefill.Plan.build(table[1:], [600, 5])
+    assert plan.block_table.data_ptr() % 16 == 0 and torch.equal(plan.block_table, table[1:])
+    assert plan.groups == [[(0, 0, 256)], [(0, 256, 256)], [(0, 512, 88), (1, 0, 5)]]
+    assert [s.tolist() for s in plan.seg] == [[[0, 0, 256, 0]], [[0, 256, 256, 0]], [[0, 512, 88, 0], [1, 0, 5, 88]]]
+    assert plan.cu_seqlens_k.tolist() == [0, 600, 605] and plan.cu_seqlens_k.dtype == torch.int32
+    assert prefill.Plan.build(table, [1, 2, 3]).block_table is table  # aligned already: no copy
+    assert prefill.query_start_loc_tensor([7, 9, 15], torch.device("cpu")).tolist() == [0, 2, 8]
