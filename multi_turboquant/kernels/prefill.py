@@ -100,11 +100,19 @@ class Plan:
         cu_k = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
         return cls(block_table, lengths, groups, seg, cu_k.to(device, non_blocking=True))
 
+    def check(self, layout: KVCacheLayout) -> None:
+        """ValueError unless every row's tokens fit its block-table row (the decoders read pages through it)."""
+        room = self.block_table.shape[-1] * layout.block_size
+        if len(self.lengths) > self.block_table.shape[0] or any(not 0 <= n <= room for n in self.lengths):
+            raise ValueError(f"prefill: sequence lengths {self.lengths} do not fit a block table of "
+                             f"{tuple(self.block_table.shape)} pages of {layout.block_size} tokens")
+
 
 def decode_sequences(cache: torch.Tensor, layout: KVCacheLayout, plan: Plan, key_params: ChannelParams | None,
                      value_params: ChannelParams | None, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """K and V of tokens 0..lengths[b]-1 of each row b of the plan's block table, concatenated: (sum(lengths),
     heads, head_dim) in dtype. The reference: one naive.gather per segment of at most GATHER_TOKENS tokens."""
+    plan.check(layout)
     keys, values = [], []
     block_table = plan.block_table
     for group in plan.groups:

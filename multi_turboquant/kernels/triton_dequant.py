@@ -89,6 +89,7 @@ def decode_sequences(cache: torch.Tensor, layout: KVCacheLayout, plan: prefill.P
     """See prefill.decode_sequences: K and V of tokens 0..lengths[b]-1 of each row b, concatenated, in dtype; one
     launch per group of the plan (at most GATHER_TOKENS tokens)."""
     check_cache(cache, layout)
+    plan.check(layout)
     device = cache.device
     kspec, vspec, kmaps, vmaps = streams(layout, key_params, value_params, device)
     hkv, d = layout.num_kv_heads, layout.head_dim

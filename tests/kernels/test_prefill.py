@@ -150,7 +150,10 @@ def test_decode_segments_cut_long_rows_and_join_short_ones():
 
 def test_plan_holds_a_batch_geometry_on_the_device(monkeypatch):
     # one Plan per engine step: segments with their output rows, cu_seqlens_k, and a block table the Triton
-    # decoder can take (a row slice is copied to 16-byte alignment, with the same contents)
+    # decoder can take (a row slice is copied to 16-byte alignment, with the same contents); lengths that do not
+    # fit the table are refused by both decoders
+    from multi_turboquant.kernels import triton_dequant
+
     monkeypatch.setattr(prefill, "GATHER_TOKENS", 256)
     table = torch.arange(3 * 41, dtype=torch.int32).reshape(3, 41)
     plan = prefill.Plan.build(table[1:], [600, 5])
@@ -160,3 +163,10 @@ def test_plan_holds_a_batch_geometry_on_the_device(monkeypatch):
     assert plan.cu_seqlens_k.tolist() == [0, 600, 605] and plan.cu_seqlens_k.dtype == torch.int32
     assert prefill.Plan.build(table, [1, 2, 3]).block_table is table  # aligned already: no copy
     assert prefill.query_start_loc_tensor([7, 9, 15], torch.device("cpu")).tolist() == [0, 2, 8]
+    layout = KVCacheLayout("isoquant3", "isoquant3", 64, 1, 16)
+    cache = torch.zeros(layout.shape(123), dtype=torch.uint8)
+    for lengths in ([41 * 16 + 1], [1, 1, 1], [-1]):  # past the row's pages, more rows than the table, negative
+        bad = prefill.Plan(table[1:], lengths, [], [], torch.zeros(1))
+        for decode in (prefill.decode_sequences, triton_dequant.decode_sequences):
+            with pytest.raises(ValueError, match="do not fit a block table"):
+                decode(cache, layout, bad, None, None, torch.float32)
