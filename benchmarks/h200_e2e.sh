@@ -5,7 +5,7 @@
 #   DTYPES=auto,isoquant3 bash benchmarks/h200_e2e.sh b        # Llama-3-8B shape, random weights, 16 x 32K
 #   DTYPES=isoquant3 bash benchmarks/h200_e2e.sh checks        # 256 concurrent, prefix hits, graphs vs eager
 #   DTYPES=auto,isoquant3 bash benchmarks/h200_e2e.sh a        # the anchor workload, with perplexity
-#   bash benchmarks/h200_e2e.sh prefill                         # prefill-path kernel tests + benchmarks/prefill.py
+#   bash benchmarks/h200_e2e.sh prefill                         # prefill-path kernel tests, prefill.py, host_overhead.py
 #   DTYPES=auto,isoquant3 bash benchmarks/h200_e2e.sh profile   # benchmarks/profile_step.py per dtype
 set -u
 STEP=${1:?step: a, b, c, checks, prefill or profile}
@@ -23,7 +23,8 @@ case $STEP in
         --max-model-len 2048 --timeout-per ${TIMEOUT:-200} ;;
   prefill) python3 -m pytest -q -p no:cacheprovider tests/kernels/test_prefill.py 2>&1 | tail -3
      mkdir -p /tmp/e2e && python3 benchmarks/prefill.py | tee /tmp/e2e/prefill.md
-     python3 benchmarks/prefill.py --sweep isoquant3 turboquant35 | tee /tmp/e2e/prefill_sweep.md ;;
+     python3 benchmarks/prefill.py --sweep isoquant3 turboquant35 | tee /tmp/e2e/prefill_sweep.md
+     python3 benchmarks/host_overhead.py | tee /tmp/e2e/host_overhead.md ;;
   profile) mkdir -p /tmp/e2e
      for d in ${DTYPES//,/ }; do
        python3 benchmarks/profile_step.py --model $M --text /tmp/pool.txt --dtype $d --n 16 > /tmp/e2e/prof_$d.md 2>&1
