@@ -67,11 +67,11 @@ def test_bad_lengths_are_refused():
 
 
 @pytest.mark.parametrize("formats, d", [(("isoquant3", "turboquant25"), 64), (("turboquant35", "planarquant4"), 32),
-                                        (("planarquant3", "isoquant4"), 128)])
+                                        (("planarquant3", "isoquant4"), 128), (("isoquant4", "turboquant35"), 256)])
 def test_triton_decode_matches_the_reference_decoder(formats, d, monkeypatch):
     # the FlashAttention path's K/V decoder (one Triton launch: records -> features -> head vectors, offsets
     # added in registers) against naive.gather, with every kind of key calibration: scale, centroid (flagged
-    # records), position-dependent offsets; head sizes whose feature parts are 16 to 128 wide
+    # records), position-dependent offsets; head sizes whose feature parts are 16 to 256 wide
     from multi_turboquant.kernels import triton_dequant
 
     gen = torch.Generator().manual_seed(2)
