@@ -51,6 +51,17 @@ def check(flash, fmt: str, d: int) -> float:
     return rel_err(out.cpu(), ref)
 
 
+def both_paths(flash, query: torch.Tensor, cache: torch.Tensor, layout: KVCacheLayout, table: torch.Tensor, ctx: int,
+               reps: int) -> tuple[float, float]:
+    """ms of the packed kernel and of the flash path for `query`, a chunk at the end of a ctx-token sequence."""
+    chunk = query.shape[0]
+    seq, starts = torch.tensor([ctx], device="cuda"), torch.tensor([0, chunk], device="cuda")
+    packed = timed(lambda: paged_attention(query, cache, layout, table, seq, starts, 0.1, max_query_len=chunk,
+                                           max_seq_len=ctx), reps)
+    dense = timed(lambda: prefill.prefill(query, cache, layout, table, [ctx], [0, chunk], 0.1, attention=flash), reps)
+    return packed, dense
+
+
 SWEEP = [(d, hkv, hq, ctx, chunk) for d, hkv, hq in ((64, 3, 9), (128, 8, 32))
          for ctx, chunk in ((512, 512), (2048, 2048), (4096, 4096), (4096, 256), (8192, 1024), (32768, 2048),
                             (32768, 8192))]
@@ -67,11 +78,7 @@ def sweep(flash, fmt: str, reps: int) -> None:
         cache = random_packed_cache(layout, ctx // 16, gen)
         table = torch.arange(ctx // 16, dtype=torch.int32, device="cuda")[None]
         query = torch.randn(chunk, hq, d, device="cuda", dtype=torch.bfloat16, generator=gen) * 0.3
-        seq, starts = torch.tensor([ctx], device="cuda"), torch.tensor([0, chunk], device="cuda")
-        packed = timed(lambda: paged_attention(query, cache, layout, table, seq, starts, 0.1, max_query_len=chunk,
-                                               max_seq_len=ctx), reps)
-        dense = timed(lambda: prefill.prefill(query, cache, layout, table, [ctx], [0, chunk], 0.1, attention=flash),
-                      reps)
+        packed, dense = both_paths(flash, query, cache, layout, table, ctx, reps)
         work = (chunk * (ctx - chunk) + chunk * (chunk + 1) // 2) * hq * d
         print(f"| {d} | {hkv} / {hq} | {ctx} | {chunk} | 2^{work.bit_length() - 1} | {packed:.3f} | {dense:.3f} | "
               f"{packed / dense:.2f}x |", flush=True)
@@ -117,11 +124,7 @@ def main() -> None:
     for fmt in a.formats:
         layout = KVCacheLayout(fmt, fmt, d, hkv, 16)
         cache = random_packed_cache(layout, blocks, gen)
-        seq, starts = torch.tensor([ctx], device="cuda"), torch.tensor([0, chunk], device="cuda")
-        packed = timed(lambda: paged_attention(query, cache, layout, table, seq, starts, 0.1, max_query_len=chunk,
-                                               max_seq_len=ctx), a.reps)
-        dense = timed(lambda: prefill.prefill(query, cache, layout, table, [ctx], [0, chunk], 0.1, attention=flash),
-                      a.reps)
+        packed, dense = both_paths(flash, query, cache, layout, table, ctx, a.reps)
         decode = prefill.decoder(cache, layout)
         plan = prefill.Plan.build(table, [ctx])
         dec = timed(lambda: decode(cache, layout, plan, None, None, torch.bfloat16), a.reps)

@@ -105,10 +105,10 @@ def decode_sequences(cache: torch.Tensor, layout: KVCacheLayout, plan: prefill.P
     values = torch.empty_like(keys)
     done = 0
     none = keys  # a placeholder pointer for absent tables (never read)
+    pos = kmaps.position_shift
     for group, seg in zip(plan.groups, plan.seg):
         total = sum(n for _, _, n in group)
         grid = (len(group), triton.cdiv(max(n for _, _, n in group), BLOCK_T), hkv)
-        pos = kmaps.position_shift
         _decode_kernel[grid](
             cache, plan.block_table, seg, constants(device), kmaps.decode,
             none if kmaps.offset is None else kmaps.offset, none if pos is None else pos,

@@ -10,7 +10,7 @@ from ..formats.params import ChannelParams
 from . import prefill, triton_attention, triton_dequant, triton_store
 from .layout import KVCacheLayout
 
-# token counts whose store launches cover triton_store.default_warps' three classes (rows = tokens x KV heads)
+# token counts whose store launches cover every class of triton_store.default_warps (rows = tokens x KV heads)
 STORE_ROWS = (1, 65, 257)
 
 

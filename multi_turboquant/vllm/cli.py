@@ -56,10 +56,8 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _passage_ids(llm, tokens: int) -> list[int]:
-    from ..eval.corpus import prose_passage
-
-    ids = llm.get_tokenizer()(prose_passage()[0]).input_ids
+def _passage_ids(llm, text: str, tokens: int) -> list[int]:
+    ids = llm.get_tokenizer()(text).input_ids
     if len(ids) < tokens:
         raise ValueError(f"the passage has {len(ids)} tokens, fewer than the {tokens} asked for")
     return ids[:tokens]
@@ -84,6 +82,7 @@ def demo(model: str | None = None, max_tokens: int = 40, formats: list[str] | No
         raise ValueError(f"the passage needs at least {2 * DEMO_BLOCK} tokens (two chunks), got {passage_tokens}")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     model = str(model or default_model())
+    passage, source = prose_passage()
     rows, ids = [], None
     for i, name in enumerate(names, 1):
         print(f"[{i}/{len(names)}] loading {os.path.basename(model)} in vLLM with kv_cache_dtype={name} ...",
@@ -91,7 +90,7 @@ def demo(model: str | None = None, max_tokens: int = 40, formats: list[str] | No
         start = time.perf_counter()
         llm = build_llm(model, name, block_size=DEMO_BLOCK, max_num_batched_tokens=DEMO_BLOCK, max_num_seqs=8)
         loaded = time.perf_counter() - start
-        ids = ids or _passage_ids(llm, passage_tokens)
+        ids = ids or _passage_ids(llm, passage, passage_tokens)
         start = time.perf_counter()
         nll = token_nll(llm, [ids])[0]
         scored = time.perf_counter() - start
@@ -106,7 +105,7 @@ def demo(model: str | None = None, max_tokens: int = 40, formats: list[str] | No
     base, base_nll = rows[0][1], rows[0][3]
     print(f"\nKV-cache capacity at a fixed budget ({os.environ['VLLM_CPU_KVCACHE_SPACE']} GiB on vLLM's CPU build), "
           f"head_dim {rows[0][2]}; ΔPPL: perplexity against `auto`'s (PPL {math.exp(statistics.fmean(base_nll)):.2f}) "
-          f"on the first {len(ids)} tokens of {prose_passage()[1]}, teacher-forced, prefilled in chunks of {chunk} "
+          f"on the first {len(ids)} tokens of {source}, teacher-forced, prefilled in chunks of {chunk} "
           f"tokens (context read back from the KV cache); prompt: {DEMO_PROMPT!r}\n")
     print("| kv_cache_dtype | bits/coord | KV tokens | x auto | ideal x | ΔPPL | sample completion (greedy) |")
     print("|---|---|---|---|---|---|---|")
